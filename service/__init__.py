@@ -1,0 +1,1 @@
+"""The BareMetal image service: gRPC front end and what the workers share with it."""

@@ -1,0 +1,1 @@
+"""The gRPC entrypoint: servicers, conversions, interceptors and the server."""

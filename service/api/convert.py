@@ -1,0 +1,60 @@
+"""Conversions between protobuf messages and domain values."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import any_pb2, timestamp_pb2
+from google.rpc import status_pb2
+from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2
+from yandex.cloud.operation import operation_pb2
+
+from service.domain.model import Image, Operation, OperationKind
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def image_to_proto(image: Image) -> image_pb2.Image:
+    return image_pb2.Image(
+        id=image.id,
+        folder_id=image.folder_id,
+        name=image.name,
+        description=image.description,
+        checksum=image.checksum,
+        status=image_pb2.Image.Status.ValueType(int(image.status)),
+        created_at=timestamp(image.created_at),
+        labels=dict(image.labels),
+    )
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def operation_to_proto(operation: Operation) -> operation_pb2.Operation:
+    if operation.kind is OperationKind.CREATE_IMAGE:
+        metadata = _pack(image_service_pb2.CreateImageMetadata(image_id=operation.image_id))
+    else:
+        metadata = _pack(image_service_pb2.UpdateImageMetadata(image_id=operation.image_id))
+    out = operation_pb2.Operation(
+        id=operation.id,
+        description=operation.description,
+        created_at=timestamp(operation.created_at),
+        created_by=operation.created_by,
+        modified_at=timestamp(operation.modified_at),
+        done=operation.done,
+        metadata=metadata,
+    )
+    if operation.error is not None:
+        out.error.CopyFrom(
+            status_pb2.Status(code=int(operation.error.code), message=operation.error.message)
+        )
+    elif operation.response is not None:
+        out.response.CopyFrom(_pack(image_to_proto(operation.response)))
+    return out

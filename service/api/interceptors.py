@@ -1,0 +1,124 @@
+"""Request IDs, access logs and error mapping for every RPC.
+
+A ``ServiceError`` becomes a ``google.rpc.Status`` with its code, its message, field
+violations as ``BadRequest`` and the request ID as ``RequestInfo``. Anything else is logged with
+its traceback and answered ``INTERNAL`` without internals.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from service.domain.errors import InvalidArgument, ServiceError
+
+log = structlog.get_logger(__name__)
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+# Health checks and reflection are infrastructure: not logged per call.
+_QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def error_status(exc: ServiceError, request_id: str) -> status_pb2.Status:
+    """The rich status a client receives for a domain error."""
+    details = []
+    if isinstance(exc, InvalidArgument):
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=v.field, description=v.description
+                        )
+                        for v in exc.violations
+                    ]
+                )
+            )
+        )
+    details.append(_pack(error_details_pb2.RequestInfo(request_id=request_id)))
+    return status_pb2.Status(code=int(exc.code), message=exc.message, details=details)
+
+
+def _first(metadata: Any, key: str) -> str:
+    for item_key, value in metadata or ():
+        if item_key == key:
+            return str(value)[:128]
+    return ""
+
+
+class RequestInterceptor(grpc.aio.ServerInterceptor):
+    """Binds a request ID to the call's logs and response metadata, and maps errors."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or handler.unary_unary is None or method.startswith(_QUIET_PREFIXES):
+            return handler
+        metadata = handler_call_details.invocation_metadata
+        behavior = cast(Behavior, handler.unary_unary)
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap(behavior, method, metadata),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _wrap(behavior: Behavior, method: str, metadata: Any) -> Behavior:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        request_id = str(uuid.uuid4())
+        client_request_id = _first(metadata, "x-client-request-id")
+        trace_id = _first(metadata, "x-client-trace-id") or request_id
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(
+            request_id=request_id, client_request_id=client_request_id or None, method=method
+        ):
+            await context.send_initial_metadata(
+                (("x-request-id", request_id), ("x-server-trace-id", trace_id))
+            )
+            code = "OK"
+            try:
+                return await behavior(request, context)
+            except ServiceError as exc:
+                code = exc.code.name
+                status = error_status(exc, request_id)
+                await context.abort_with_status(rpc_status.to_status(status))
+            except grpc.aio.AbortError:
+                raise
+            except Exception:
+                code = "INTERNAL"
+                log.exception("rpc.failed")
+                internal = status_pb2.Status(
+                    code=grpc.StatusCode.INTERNAL.value[0],
+                    message=f"Internal error; request ID {request_id}",
+                    details=[_pack(error_details_pb2.RequestInfo(request_id=request_id))],
+                )
+                await context.abort_with_status(rpc_status.to_status(internal))
+            finally:
+                log.info(
+                    "rpc.done",
+                    code=code,
+                    ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+
+    return wrapper

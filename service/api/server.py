@@ -1,0 +1,86 @@
+"""The composition root of the API process: wires store, broker, app, servicers and server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
+from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
+
+from service.adapters.queue import Broker
+from service.adapters.store import wait_for_database
+from service.api.interceptors import RequestInterceptor
+from service.api.servicers import ImageService, OperationService
+from service.app import ImageApp
+from service.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAMES = (
+    image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
+    operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"].full_name,
+)
+STARTUP_DEADLINE_SECONDS = 60.0
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run the API until SIGTERM/SIGINT (or ``stop``), then drain and return."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    store = await wait_for_database(
+        str(settings.database_url),
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        command_timeout=settings.db_command_timeout_seconds,
+        deadline=STARTUP_DEADLINE_SECONDS,
+    )
+    broker = Broker(settings.amqp_url, settings.amqp_queue, settings.amqp_delivery_limit)
+    broker.start()
+    app = ImageApp(
+        store,
+        broker,
+        publish_timeout=settings.publish_timeout_seconds,
+        cache_size=settings.operation_cache_size,
+    )
+
+    server = grpc.aio.server(interceptors=[RequestInterceptor()])
+    image_service_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(app), server)
+    operation_service_pb2_grpc.add_OperationServiceServicer_to_server(OperationService(app), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            *SERVICE_NAMES,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(settings.grpc_listen)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {settings.grpc_listen}")
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("api.started", listen=settings.grpc_listen, port=port)
+
+    try:
+        await stop.wait()
+    finally:
+        log.info("api.draining", grace_seconds=settings.grpc_grace_seconds)
+        await health.enter_graceful_shutdown()
+        await server.stop(settings.grpc_grace_seconds)
+        await broker.close()
+        with contextlib.suppress(Exception):
+            await store.close()
+        log.info("api.stopped")

@@ -1,0 +1,91 @@
+"""Thin servicers: protobuf in, one handler call, protobuf out. Method names follow the protos."""
+
+from __future__ import annotations
+
+import grpc
+from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
+from yandex.cloud.operation import operation_pb2, operation_service_pb2, operation_service_pb2_grpc
+
+from service.api.convert import image_to_proto, operation_to_proto
+from service.app import ImageApp
+from service.domain.errors import Unimplemented
+from service.domain.model import NewImage
+from service.domain.validation import resolve_update
+
+Context = grpc.aio.ServicerContext[object, object]
+
+# Until authentication lands, operations are started by an anonymous caller.
+ANONYMOUS = ""
+
+
+class ImageService(image_service_pb2_grpc.ImageServiceServicer):
+    def __init__(self, app: ImageApp) -> None:
+        self._app = app
+
+    async def Get(
+        self, request: image_service_pb2.GetImageRequest, context: Context
+    ) -> image_pb2.Image:
+        return image_to_proto(await self._app.get_image(request.image_id))
+
+    async def List(
+        self, request: image_service_pb2.ListImagesRequest, context: Context
+    ) -> image_service_pb2.ListImagesResponse:
+        if request.filter or request.order_by:
+            raise Unimplemented("filter and order_by are not supported yet")
+        page = await self._app.list_images(request.folder_id, request.page_size, request.page_token)
+        return image_service_pb2.ListImagesResponse(
+            images=[image_to_proto(image) for image in page.images],
+            next_page_token=page.next_page_token,
+        )
+
+    async def Create(
+        self, request: image_service_pb2.CreateImageRequest, context: Context
+    ) -> operation_pb2.Operation:
+        new = NewImage(
+            folder_id=request.folder_id,
+            name=request.name,
+            description=request.description,
+            uri=request.uri,
+            labels=dict(request.labels),
+        )
+        return operation_to_proto(await self._app.create_image(new, ANONYMOUS))
+
+    async def Update(
+        self, request: image_service_pb2.UpdateImageRequest, context: Context
+    ) -> operation_pb2.Operation:
+        # An empty mask is no mask (AIP-134): the populated fields change.
+        has_mask = request.HasField("update_mask") and len(request.update_mask.paths) > 0
+        change = resolve_update(
+            request.image_id,
+            list(request.update_mask.paths) if has_mask else None,
+            request.name,
+            request.description,
+            dict(request.labels),
+        )
+        operation = await self._app.update_image(request.image_id, change, ANONYMOUS)
+        return operation_to_proto(operation)
+
+    async def Delete(
+        self, request: image_service_pb2.DeleteImageRequest, context: Context
+    ) -> operation_pb2.Operation:
+        raise Unimplemented("Delete is not implemented yet")
+
+    async def ListOperations(
+        self, request: image_service_pb2.ListImageOperationsRequest, context: Context
+    ) -> image_service_pb2.ListImageOperationsResponse:
+        raise Unimplemented("ListOperations is not implemented yet")
+
+
+class OperationService(operation_service_pb2_grpc.OperationServiceServicer):
+    def __init__(self, app: ImageApp) -> None:
+        self._app = app
+
+    async def Get(
+        self, request: operation_service_pb2.GetOperationRequest, context: Context
+    ) -> operation_pb2.Operation:
+        return operation_to_proto(await self._app.get_operation(request.operation_id))
+
+    async def Cancel(
+        self, request: operation_service_pb2.CancelOperationRequest, context: Context
+    ) -> operation_pb2.Operation:
+        raise Unimplemented("Cancel is not implemented yet")

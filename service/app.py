@@ -1,0 +1,164 @@
+"""The service layer: one handler per use case, over the store and the broker."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import structlog
+
+from service.adapters.queue import Broker
+from service.adapters.store import Store
+from service.domain import ids
+from service.domain.errors import NotFound, ServiceError, image_not_found
+from service.domain.model import (
+    DESCRIPTIONS,
+    Image,
+    ImageChange,
+    ImageStatus,
+    NewImage,
+    Operation,
+    OperationKind,
+    utcnow,
+)
+from service.domain.paging import decode_page_token, encode_page_token, invalid_page_token
+from service.domain.validation import (
+    Violations,
+    check_folder_id,
+    page_size,
+    validate_image_id,
+    validate_new_image,
+    validate_operation_id,
+)
+
+log = structlog.get_logger(__name__)
+
+
+class FinishedOperations:
+    """Finished operations never change, so they are kept in memory (least recent out)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[str, Operation] = OrderedDict()
+
+    def get(self, operation_id: str) -> Operation | None:
+        operation = self._items.get(operation_id)
+        if operation is not None:
+            self._items.move_to_end(operation_id)
+        return operation
+
+    def put(self, operation: Operation) -> None:
+        if not operation.done or self._capacity == 0:
+            return
+        self._items[operation.id] = operation
+        self._items.move_to_end(operation.id)
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class ImagePage:
+    images: list[Image]
+    next_page_token: str
+
+
+def _new_operation(
+    kind: OperationKind, image_id: str, folder_id: str, created_by: str
+) -> Operation:
+    now = utcnow()
+    return Operation(
+        id=ids.new_id(ids.OPERATION_PREFIX),
+        kind=kind,
+        image_id=image_id,
+        folder_id=folder_id,
+        description=DESCRIPTIONS[kind],
+        created_at=now,
+        created_by=created_by,
+        modified_at=now,
+        done=False,
+    )
+
+
+class ImageApp:
+    """What the API does; servicers only convert to and from protobuf around it."""
+
+    def __init__(
+        self, store: Store, broker: Broker, *, publish_timeout: float, cache_size: int
+    ) -> None:
+        self._store = store
+        self._broker = broker
+        self._publish_timeout = publish_timeout
+        self._finished = FinishedOperations(cache_size)
+
+    async def create_image(self, request: NewImage, created_by: str) -> Operation:
+        validate_new_image(request)
+        image = Image(
+            id=ids.new_id(ids.IMAGE_PREFIX),
+            folder_id=request.folder_id,
+            name=request.name,
+            description=request.description,
+            checksum="",
+            status=ImageStatus.CREATING,
+            created_at=utcnow(),
+            labels=dict(request.labels),
+        )
+        operation = _new_operation(
+            OperationKind.CREATE_IMAGE, image.id, request.folder_id, created_by
+        )
+        await self._store.insert_create(image, operation, request)
+        await self._enqueue(operation)
+        return operation
+
+    async def update_image(self, image_id: str, change: ImageChange, created_by: str) -> Operation:
+        """Start an Update of a ``READY`` image (``change`` is already validated)."""
+        operation = _new_operation(OperationKind.UPDATE_IMAGE, image_id, "", created_by)
+        operation = await self._store.begin_update(operation, change)
+        await self._enqueue(operation)
+        return operation
+
+    async def _enqueue(self, operation: Operation) -> None:
+        """Publish the operation; on failure the outbox relay publishes it later."""
+        with structlog.contextvars.bound_contextvars(operation_id=operation.id):
+            try:
+                await self._broker.publish(operation.id, self._publish_timeout)
+                await self._store.mark_published([operation.id])
+            except ServiceError as exc:
+                log.warning("operation.publish_deferred", error=exc.message)
+            else:
+                log.info("operation.accepted", kind=operation.kind.value)
+
+    async def get_image(self, image_id: str) -> Image:
+        validate_image_id(image_id)
+        image = await self._store.get_image(image_id)
+        if image is None:
+            raise image_not_found(image_id)
+        return image
+
+    async def list_images(self, folder_id: str, size: int, page_token: str) -> ImagePage:
+        v = Violations()
+        check_folder_id(v, folder_id)
+        limit = page_size(v, size)
+        v.raise_if_any()
+        after = ""
+        if page_token:
+            position = decode_page_token(page_token)
+            after = position.get("after", "")
+            if not isinstance(after, str) or position.get("folder") != folder_id:
+                raise invalid_page_token()
+        images = await self._store.list_images(folder_id, after, limit + 1)
+        next_token = ""
+        if len(images) > limit:
+            images = images[:limit]
+            next_token = encode_page_token({"after": images[-1].id, "folder": folder_id})
+        return ImagePage(images=images, next_page_token=next_token)
+
+    async def get_operation(self, operation_id: str) -> Operation:
+        validate_operation_id(operation_id)
+        cached = self._finished.get(operation_id)
+        if cached is not None:
+            return cached
+        operation = await self._store.get_operation(operation_id)
+        if operation is None:
+            raise NotFound(f"Operation {operation_id} not found")
+        self._finished.put(operation)
+        return operation

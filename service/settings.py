@@ -1,0 +1,73 @@
+"""All configuration, read from the environment once at start-up and passed down."""
+
+from __future__ import annotations
+
+from pydantic import Field, PostgresDsn
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting is an environment variable of the same name in upper case."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # Connections
+    database_url: PostgresDsn = Field(
+        default=PostgresDsn("postgresql://postgres@127.0.0.1:5432/images"),
+        description="PostgreSQL connection URL",
+    )
+    amqp_url: str = Field(
+        default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ connection URL"
+    )
+    grpc_listen: str = Field(default="127.0.0.1:50051", description="host:port of the gRPC API")
+
+    # Queue topology
+    amqp_queue: str = Field(default="image-operations", description="queue of operation IDs")
+    amqp_delivery_limit: int = Field(
+        default=5, ge=1, description="deliveries of one message before it is dead-lettered"
+    )
+
+    # Database
+    db_pool_min: int = Field(default=2, ge=1)
+    db_pool_max: int = Field(default=10, ge=1)
+    db_command_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # API
+    grpc_grace_seconds: float = Field(
+        default=10.0, ge=0, description="how long in-flight calls may run after SIGTERM"
+    )
+    publish_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="how long the API waits for a broker confirm"
+    )
+    operation_cache_size: int = Field(
+        default=100_000, ge=0, description="finished operations kept in API memory"
+    )
+
+    # Workers
+    worker_concurrency: int = Field(
+        default=16, ge=1, description="operations a worker process runs at once (prefetch)"
+    )
+    worker_grace_seconds: float = Field(
+        default=30.0, ge=0, description="how long in-flight operations may run after SIGTERM"
+    )
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="how long a claimed Create is held without a heartbeat"
+    )
+    max_attempts: int = Field(
+        default=5, ge=1, description="claims of one operation before it finishes with an error"
+    )
+    retry_max_seconds: float = Field(
+        default=60.0, gt=0, description="how long a worker retries a transient error in place"
+    )
+    outbox_interval_seconds: float = Field(default=1.0, gt=0)
+    outbox_grace_seconds: float = Field(
+        default=2.0, ge=0, description="age of an unpublished operation before the relay sends it"
+    )
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    republish_after_seconds: float = Field(
+        default=300.0, gt=0, description="an unfinished, unclaimed operation older is sent again"
+    )
+    download_timeout_seconds: float = Field(default=600.0, gt=0)
+    download_max_bytes: int = Field(default=64 * 1024**3, gt=0)
+
+    log_level: str = Field(default="INFO")

@@ -1,0 +1,1 @@
+"""The worker pool: executes operations, relays the outbox, sweeps abandoned operations."""
