@@ -12,6 +12,9 @@ CREATE TABLE images (
     labels      jsonb       NOT NULL DEFAULT '{}',
     uri         text        NOT NULL DEFAULT '',
     created_at  timestamptz NOT NULL DEFAULT now(),
+    -- Counts the changes applied to the image (Create's checksum, each Update): an operation
+    -- applied twice would show here.
+    revision    bigint      NOT NULL DEFAULT 0,
     CONSTRAINT images_folder_name_key UNIQUE (folder_id, name)
 );
 

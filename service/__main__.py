@@ -1,4 +1,4 @@
-"""Entry points: ``python -m service`` runs the API, ``python -m service migrate`` the migrations."""
+"""``python -m service`` runs the API; ``python -m service migrate`` applies the migrations."""
 
 from __future__ import annotations
 

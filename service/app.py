@@ -105,7 +105,7 @@ class ImageApp:
         operation = _new_operation(
             OperationKind.CREATE_IMAGE, image.id, request.folder_id, created_by
         )
-        await self._store.insert_create(image, operation, request)
+        operation = await self._store.insert_create(image, operation, request)
         await self._enqueue(operation)
         return operation
 

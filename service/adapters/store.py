@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -122,10 +122,13 @@ class ClaimedOperation:
     attempt: int
 
 
+# created_at is the database's clock at the moment of acceptance: one clock for every API
+# process, and an order of acceptance that holds even for requests that raced.
 _INSERT_OPERATION = """
 INSERT INTO operations (id, kind, image_id, folder_id, description, created_at, created_by,
                         modified_at, request, idempotency_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $6, $8, $9)
+VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6, clock_timestamp(), $7, $8)
+RETURNING created_at
 """
 
 
@@ -146,6 +149,12 @@ class Store:
                 max_size=max_size,
                 command_timeout=command_timeout,
                 init=_init_connection,
+                server_settings={
+                    # A backend waiting on a lock notices a dead client (a killed worker) and
+                    # rolls back, instead of holding its row locks until the lock is granted.
+                    "client_connection_check_interval": "1000",
+                    "idle_in_transaction_session_timeout": "60000",
+                },
             )
         return cls(pool)
 
@@ -158,14 +167,16 @@ class Store:
 
     # --- the API's side ---------------------------------------------------------------
 
-    async def insert_create(self, image: Image, operation: Operation, request: NewImage) -> None:
+    async def insert_create(
+        self, image: Image, operation: Operation, request: NewImage
+    ) -> Operation:
         """Record a new ``CREATING`` image and its Create operation in one transaction."""
         with _translate_errors():
             async with self._pool.acquire() as conn, conn.transaction():
                 try:
                     await conn.execute(
                         "INSERT INTO images (id, folder_id, name, description, status, labels,"
-                        " uri, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                        " uri) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                         image.id,
                         image.folder_id,
                         image.name,
@@ -173,11 +184,10 @@ class Store:
                         int(image.status),
                         dict(image.labels),
                         request.uri,
-                        image.created_at,
                     )
                 except asyncpg.UniqueViolationError as exc:
                     raise image_name_taken(image.name) from exc
-                await self._insert_operation(conn, operation, {"uri": request.uri})
+                return await self._insert_operation(conn, operation, {"uri": request.uri})
 
     async def begin_update(self, operation: Operation, change: ImageChange) -> Operation:
         """Move the image ``READY -> UPDATING`` and record the Update, in one transaction.
@@ -210,26 +220,27 @@ class Store:
                     )
                     if taken:
                         raise image_name_taken(change.name)
-                recorded = Operation(**{**operation.__dict__, "folder_id": folder_id})
-                await self._insert_operation(conn, recorded, change.to_json())
-                return recorded
+                return await self._insert_operation(
+                    conn, replace(operation, folder_id=folder_id), change.to_json()
+                )
 
     @staticmethod
     async def _insert_operation(
         conn: Connection, operation: Operation, request: dict[str, Any]
-    ) -> None:
-        await conn.execute(
+    ) -> Operation:
+        """Insert an unfinished operation; returns it with the database's timestamps."""
+        created_at = await conn.fetchval(
             _INSERT_OPERATION,
             operation.id,
             operation.kind.value,
             operation.image_id,
             operation.folder_id,
             operation.description,
-            operation.created_at,
             operation.created_by,
             request,
             None,
         )
+        return replace(operation, created_at=created_at, modified_at=created_at)
 
     async def mark_published(self, operation_ids: Sequence[str]) -> None:
         with _translate_errors():
@@ -377,7 +388,7 @@ class Transaction:
             async with self.conn.transaction():  # a savepoint: the outer work survives
                 await self.conn.execute(
                     "UPDATE images SET name = $2, description = $3, labels = $4, status = $5,"
-                    " checksum = $6 WHERE id = $1",
+                    " checksum = $6, revision = revision + 1 WHERE id = $1",
                     image.id,
                     image.name,
                     image.description,

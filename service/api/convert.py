@@ -6,10 +6,10 @@ from datetime import datetime
 
 from google.protobuf import any_pb2, timestamp_pb2
 from google.rpc import status_pb2
-from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2
-from yandex.cloud.operation import operation_pb2
 
 from service.domain.model import Image, Operation, OperationKind
+from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2
+from yandex.cloud.operation import operation_pb2
 
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:

@@ -11,8 +11,6 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
-from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
 
 from service.adapters.queue import Broker
 from service.adapters.store import wait_for_database
@@ -20,6 +18,8 @@ from service.api.interceptors import RequestInterceptor
 from service.api.servicers import ImageService, OperationService
 from service.app import ImageApp
 from service.settings import Settings
+from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
+from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
 
 log = structlog.get_logger(__name__)
 

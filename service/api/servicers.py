@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import grpc
-from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
-from yandex.cloud.operation import operation_pb2, operation_service_pb2, operation_service_pb2_grpc
 
 from service.api.convert import image_to_proto, operation_to_proto
 from service.app import ImageApp
 from service.domain.errors import Unimplemented
 from service.domain.model import NewImage
 from service.domain.validation import resolve_update
+from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
+from yandex.cloud.operation import operation_pb2, operation_service_pb2, operation_service_pb2_grpc
 
 Context = grpc.aio.ServicerContext[object, object]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 
@@ -10,10 +11,11 @@ _ALPHABET = string.ascii_lowercase + string.digits
 
 IMAGE_PREFIX = "img"
 OPERATION_PREFIX = "opn"
+_PREFIX = re.compile(r"[a-z]{3}")
 
 
 def new_id(prefix: str) -> str:
     """A fresh ID: the prefix, then random characters from a CSPRNG (about 88 bits)."""
-    if len(prefix) != 3 or not prefix.isalpha() or not prefix.islower():
+    if not _PREFIX.fullmatch(prefix):
         raise ValueError(f"ID prefix must be 3 lowercase letters, got {prefix!r}")
     return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(ID_LENGTH - 3))

@@ -86,6 +86,11 @@ def check_uri(v: Violations, value: str, field: str = "uri") -> None:
     if len(value) > MAX_URI:
         v.add(field, f"must be at most {MAX_URI} characters")
         return
+    # urlsplit silently drops tabs and newlines and strips spaces: refuse them up front so
+    # what is stored is exactly what is fetched.
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        v.add(field, "must not contain spaces or control characters")
+        return
     try:
         parts = urlsplit(value)
         host = parts.hostname

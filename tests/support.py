@@ -1,0 +1,256 @@
+"""Test support: real processes, a blob server, a TCP proxy, and waiting on conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
+    """Await ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+class ServiceProcess:
+    """``python -m service`` or ``python -m workers`` as a child process, logs to a file."""
+
+    def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
+        self.module = module
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port: int | None = None
+
+    def start(self) -> ServiceProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(raw))
+        return lines
+
+    def logged(self, message: str, **fields: Any) -> list[dict[str, Any]]:
+        return [
+            line
+            for line in self.log_lines()
+            if line.get("message") == message and all(line.get(k) == v for k, v in fields.items())
+        ]
+
+    async def wait_started(self, timeout: float = 60.0) -> ServiceProcess:
+        started = "api.started" if self.module == "service" else "workers.started"
+
+        async def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"{self.module} exited with {self.proc.returncode}:\n"
+                    + self.log_path.read_text(errors="replace")[-3000:]
+                )
+            lines = self.logged(started)
+            if lines and self.module == "service":
+                self.port = int(lines[-1]["port"])
+            return bool(lines)
+
+        await eventually(ready, timeout=timeout, what=f"{self.module} to start")
+        return self
+
+    @property
+    def address(self) -> str:
+        assert self.port is not None
+        return f"127.0.0.1:{self.port}"
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.wait(10)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def blob(size: int, seed: str = "") -> bytes:
+    """Deterministic content of ``size`` bytes."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+class BlobServer:
+    """An HTTP server the workers download images from.
+
+    ``/blob/<size>`` serves deterministic bytes; ``/status/<code>`` answers that status;
+    ``/gated/<size>`` sends half, then waits until ``release()``.
+    """
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gated_requests = 0
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> BlobServer:
+        app = web.Application()
+        app.router.add_get("/blob/{size}", self._blob)
+        app.router.add_get("/status/{code}", self._status)
+        app.router.add_get("/gated/{size}", self._gated)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _blob(self, request: web.Request) -> web.Response:
+        return web.Response(body=blob(int(request.match_info["size"])))
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["code"]))
+
+    async def _gated(self, request: web.Request) -> web.StreamResponse:
+        self.gated_requests += 1
+        data = blob(int(request.match_info["size"]))
+        response = web.StreamResponse()
+        response.content_length = len(data)
+        await response.prepare(request)
+        await response.write(data[: len(data) // 2])
+        await self.gate.wait()
+        await response.write(data[len(data) // 2 :])
+        await response.write_eof()
+        return response
+
+    def release(self) -> None:
+        self.gate.set()
+
+    async def close(self) -> None:
+        self.gate.set()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+class TcpProxy:
+    """A TCP forwarder that can be cut (all connections dropped, new ones refused) and restored."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        self._writers.difference_update((writer, up_writer))
+
+    async def cut(self) -> None:
+        """Refuse new connections and drop the open ones."""
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
+        self._writers.clear()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    async def restore(self) -> None:
+        await self.start()
+
+    async def close(self) -> None:
+        await self.cut()
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "AMQP_"))}
+    env.update(overrides)
+    return env
+
+
+async def backend_waiting_on_lock(db: Any, table: str) -> bool:
+    """True once some session of this database is blocked on a row lock of ``table``."""
+    count = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND query ILIKE $1",
+        f"%{table}%",
+    )
+    return bool(count)
