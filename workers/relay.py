@@ -22,6 +22,8 @@ async def publish_pending(
     processes never send one row at the same time. Returns how many were published.
     """
     total = 0
+    if not broker.is_healthy():
+        return total  # nothing can be sent; the rows wait in the outbox
     while True:
         sent: list[str] = []
         async with store.transaction() as tx:

@@ -27,6 +27,8 @@ from service.domain.errors import Unavailable
 
 log = structlog.get_logger(__name__)
 
+CLOSE_TIMEOUT_SECONDS = 5.0
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -156,12 +158,14 @@ class Broker:
         return consumer
 
     async def close(self) -> None:
+        """Close the connection; bounded in time even while the broker is unreachable."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._connection is not None:
-            await self._connection.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._connection.close(), CLOSE_TIMEOUT_SECONDS)
 
 
 class Consumer:
@@ -215,9 +219,10 @@ class Consumer:
 
     async def stop(self, grace: float) -> None:
         """Stop taking messages, let in-flight ones finish for ``grace`` seconds, then cancel."""
-        if self._tag is not None:
+        if self._tag is not None and not self._channel.is_closed:
+            # A cancel waits for the broker's answer: bounded, in case it just went away.
             with contextlib.suppress(Exception):
-                await self._queue.cancel(self._tag)
+                await asyncio.wait_for(self._queue.cancel(self._tag), CLOSE_TIMEOUT_SECONDS)
         pending = set(self._in_flight)
         if pending:
             _, still = await asyncio.wait(pending, timeout=grace)
@@ -226,4 +231,4 @@ class Consumer:
             if still:
                 await asyncio.wait(still, timeout=5)
         with contextlib.suppress(Exception):
-            await self._channel.close()
+            await asyncio.wait_for(self._channel.close(), CLOSE_TIMEOUT_SECONDS)
