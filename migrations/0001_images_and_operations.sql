@@ -41,7 +41,6 @@ CREATE TABLE operations (
     published_at    timestamptz,
     attempts        integer     NOT NULL DEFAULT 0,
     lease_until     timestamptz,
-    idempotency_key text,
     CONSTRAINT operations_result_check CHECK (
         (NOT done AND response IS NULL AND error_code IS NULL)
         OR (done AND (response IS NULL) <> (error_code IS NULL))

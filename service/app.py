@@ -8,11 +8,13 @@ from dataclasses import dataclass
 import structlog
 
 from service.adapters.queue import Broker
-from service.adapters.store import Store
+from service.adapters.store import Accepted, Store
 from service.domain import ids
 from service.domain.errors import NotFound, ServiceError, image_not_found
+from service.domain.listing import image_query, operation_query
 from service.domain.model import (
     DESCRIPTIONS,
+    IdempotencyKey,
     Image,
     ImageChange,
     ImageStatus,
@@ -21,10 +23,10 @@ from service.domain.model import (
     OperationKind,
     utcnow,
 )
-from service.domain.paging import decode_page_token, encode_page_token, invalid_page_token
 from service.domain.validation import (
     Violations,
     check_folder_id,
+    check_image_id,
     page_size,
     validate_image_id,
     validate_new_image,
@@ -62,10 +64,16 @@ class ImagePage:
     next_page_token: str
 
 
+@dataclass(frozen=True)
+class OperationPage:
+    operations: list[Operation]
+    next_page_token: str
+
+
 def _new_operation(
     kind: OperationKind, image_id: str, folder_id: str, created_by: str
 ) -> Operation:
-    now = utcnow()
+    now = utcnow()  # replaced by the database's clock when the row is written
     return Operation(
         id=ids.new_id(ids.OPERATION_PREFIX),
         kind=kind,
@@ -90,7 +98,9 @@ class ImageApp:
         self._publish_timeout = publish_timeout
         self._finished = FinishedOperations(cache_size)
 
-    async def create_image(self, request: NewImage, created_by: str) -> Operation:
+    async def create_image(
+        self, request: NewImage, created_by: str, idempotency: IdempotencyKey | None = None
+    ) -> Operation:
         validate_new_image(request)
         image = Image(
             id=ids.new_id(ids.IMAGE_PREFIX),
@@ -105,20 +115,36 @@ class ImageApp:
         operation = _new_operation(
             OperationKind.CREATE_IMAGE, image.id, request.folder_id, created_by
         )
-        operation = await self._store.insert_create(image, operation, request)
-        await self._enqueue(operation)
-        return operation
+        accepted = await self._store.insert_create(image, operation, request, idempotency)
+        return await self._enqueue(accepted)
 
-    async def update_image(self, image_id: str, change: ImageChange, created_by: str) -> Operation:
+    async def update_image(
+        self,
+        image_id: str,
+        change: ImageChange,
+        created_by: str,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Operation:
         """Start an Update of a ``READY`` image (``change`` is already validated)."""
         operation = _new_operation(OperationKind.UPDATE_IMAGE, image_id, "", created_by)
-        operation = await self._store.begin_update(operation, change)
-        await self._enqueue(operation)
-        return operation
+        accepted = await self._store.begin_update(operation, change, idempotency)
+        return await self._enqueue(accepted)
 
-    async def _enqueue(self, operation: Operation) -> None:
-        """Publish the operation; on failure the outbox relay publishes it later."""
+    async def delete_image(
+        self, image_id: str, created_by: str, idempotency: IdempotencyKey | None = None
+    ) -> Operation:
+        validate_image_id(image_id)
+        operation = _new_operation(OperationKind.DELETE_IMAGE, image_id, "", created_by)
+        accepted = await self._store.begin_delete(operation, idempotency)
+        return await self._enqueue(accepted)
+
+    async def _enqueue(self, accepted: Accepted) -> Operation:
+        """Publish a new operation; on failure the outbox relay publishes it later."""
+        operation = accepted.operation
         with structlog.contextvars.bound_contextvars(operation_id=operation.id):
+            if accepted.replayed:
+                log.info("operation.replayed", kind=operation.kind.value)
+                return operation
             try:
                 await self._broker.publish(operation.id, self._publish_timeout)
                 await self._store.mark_published([operation.id])
@@ -126,6 +152,7 @@ class ImageApp:
                 log.warning("operation.publish_deferred", error=exc.message)
             else:
                 log.info("operation.accepted", kind=operation.kind.value)
+        return operation
 
     async def get_image(self, image_id: str) -> Image:
         validate_image_id(image_id)
@@ -134,23 +161,38 @@ class ImageApp:
             raise image_not_found(image_id)
         return image
 
-    async def list_images(self, folder_id: str, size: int, page_token: str) -> ImagePage:
+    async def list_images(
+        self, folder_id: str, size: int, page_token: str, filter_text: str, order_by: str
+    ) -> ImagePage:
         v = Violations()
         check_folder_id(v, folder_id)
         limit = page_size(v, size)
         v.raise_if_any()
-        after = ""
-        if page_token:
-            position = decode_page_token(page_token)
-            after = position.get("after", "")
-            if not isinstance(after, str) or position.get("folder") != folder_id:
-                raise invalid_page_token()
-        images = await self._store.list_images(folder_id, after, limit + 1)
+        query = image_query(folder_id, filter_text, order_by, limit, page_token)
+        images = await self._store.list_images(query, limit + 1)
         next_token = ""
         if len(images) > limit:
             images = images[:limit]
-            next_token = encode_page_token({"after": images[-1].id, "folder": folder_id})
+            last = images[-1]
+            sort_key = {"id": last.id, "name": last.name, "createdAt": last.created_at}
+            next_token = query.next_token(sort_key[query.ordering.field], last.id)
         return ImagePage(images=images, next_page_token=next_token)
+
+    async def list_operations(self, image_id: str, size: int, page_token: str) -> OperationPage:
+        """An image's operations, newest first; readable after the image is deleted."""
+        v = Violations()
+        check_image_id(v, image_id)
+        limit = page_size(v, size)
+        v.raise_if_any()
+        query = operation_query(image_id, limit, page_token)
+        operations = await self._store.list_operations(query, limit + 1)
+        if not operations and not page_token and not await self._store.image_exists(image_id):
+            raise image_not_found(image_id)
+        next_token = ""
+        if len(operations) > limit:
+            operations = operations[:limit]
+            next_token = query.next_token(operations[-1].created_at, operations[-1].id)
+        return OperationPage(operations=operations, next_page_token=next_token)
 
     async def get_operation(self, operation_id: str) -> Operation:
         validate_operation_id(operation_id)
@@ -160,5 +202,14 @@ class ImageApp:
         operation = await self._store.get_operation(operation_id)
         if operation is None:
             raise NotFound(f"Operation {operation_id} not found")
+        self._finished.put(operation)
+        return operation
+
+    async def cancel_operation(self, operation_id: str) -> Operation:
+        validate_operation_id(operation_id)
+        operation = await self._store.cancel_operation(operation_id)
+        if operation is None:
+            raise NotFound(f"Operation {operation_id} not found")
+        log.info("operation.cancel_requested", operation_id=operation_id, done=operation.done)
         self._finished.put(operation)
         return operation

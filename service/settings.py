@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, PostgresDsn
+from pydantic import Field, PostgresDsn, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -67,7 +67,21 @@ class Settings(BaseSettings):
     republish_after_seconds: float = Field(
         default=300.0, gt=0, description="an unfinished, unclaimed operation older is sent again"
     )
+    operation_retention_seconds: float = Field(
+        default=30 * 86400, gt=0, description="finished operations are removed after this"
+    )
+    idempotency_ttl_seconds: float = Field(
+        default=86400, gt=0, description="idempotency keys are kept at least this long"
+    )
+    retention_interval_seconds: float = Field(default=600.0, gt=0)
     download_timeout_seconds: float = Field(default=600.0, gt=0)
     download_max_bytes: int = Field(default=64 * 1024**3, gt=0)
 
     log_level: str = Field(default="INFO")
+
+    @model_validator(mode="after")
+    def _keys_outlive_nothing_they_point_to(self) -> Settings:
+        # A key must not point at an operation that retention already removed.
+        if self.idempotency_ttl_seconds > self.operation_retention_seconds:
+            raise ValueError("IDEMPOTENCY_TTL_SECONDS must not exceed OPERATION_RETENTION_SECONDS")
+        return self

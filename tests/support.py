@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -132,16 +132,44 @@ def blob(size: int, seed: str = "") -> bytes:
     return bytes(out[:size])
 
 
+GENERATED_CHUNK = 1024 * 1024
+
+
+def generated_chunks(size: int) -> Iterator[bytes]:
+    """Deterministic content of ``size`` bytes, one chunk at a time (cheap, constant memory)."""
+    index = 0
+    while size > 0:
+        length = min(GENERATED_CHUNK, size)
+        pattern = hashlib.sha256(f"generated:{index}".encode()).digest()
+        yield (pattern * (GENERATED_CHUNK // len(pattern)))[:length]
+        size -= length
+        index += 1
+
+
 class BlobServer:
     """An HTTP server the workers download images from.
 
     ``/blob/<size>`` serves deterministic bytes; ``/status/<code>`` answers that status;
     ``/gated/<size>`` sends half, then waits until ``release()``.
+
+    For download tests: ``/chunked/<size>`` serves ``blob(size)`` without a Content-Length
+    (chunked encoding); ``/generated/<size>?tag=<t>`` streams ``generated_chunks(size)``
+    chunked, recording the bytes it wrote in ``generated_sent[t]`` and ``t`` in
+    ``generated_done`` when it ends; ``/redirect/<size>`` is a 302 to ``/blob/<size>``;
+    ``/redirect-loop`` redirects to itself; ``/slow/<size>`` declares ``size`` bytes, sends 16
+    and stalls; ``/trickle/<size>`` sends one byte every 50 ms; ``/lying-length/<length>``
+    declares ``length`` bytes and sends 16; ``/truncated/<size>`` declares ``size`` bytes, sends
+    half and closes the connection. Handlers that stall return as soon as the client goes away
+    (and after 30 s at most), so ``close()`` never waits on them.
     """
+
+    STALL_SECONDS = 30.0
 
     def __init__(self) -> None:
         self.gate = asyncio.Event()
         self.gated_requests = 0
+        self.generated_sent: dict[str, int] = {}
+        self.generated_done: set[str] = set()
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -150,6 +178,14 @@ class BlobServer:
         app.router.add_get("/blob/{size}", self._blob)
         app.router.add_get("/status/{code}", self._status)
         app.router.add_get("/gated/{size}", self._gated)
+        app.router.add_get("/chunked/{size}", self._chunked)
+        app.router.add_get("/generated/{size}", self._generated)
+        app.router.add_get("/redirect/{size}", self._redirect)
+        app.router.add_get("/redirect-loop", self._redirect_loop)
+        app.router.add_get("/slow/{size}", self._slow)
+        app.router.add_get("/trickle/{size}", self._trickle)
+        app.router.add_get("/lying-length/{length}", self._lying_length)
+        app.router.add_get("/truncated/{size}", self._truncated)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -176,6 +212,93 @@ class BlobServer:
         await self.gate.wait()
         await response.write(data[len(data) // 2 :])
         await response.write_eof()
+        return response
+
+    async def _chunked(self, request: web.Request) -> web.StreamResponse:
+        data = blob(int(request.match_info["size"]))
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(data), 64 * 1024):
+            await response.write(data[start : start + 64 * 1024])
+        await response.write_eof()
+        return response
+
+    async def _generated(self, request: web.Request) -> web.StreamResponse:
+        tag = request.query.get("tag", "")
+        self.generated_sent[tag] = 0
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        try:
+            await response.prepare(request)
+            for chunk in generated_chunks(int(request.match_info["size"])):
+                await response.write(chunk)
+                self.generated_sent[tag] += len(chunk)
+            await response.write_eof()
+        except (ConnectionError, OSError):
+            pass  # the client went away: stop generating
+        finally:
+            self.generated_done.add(tag)
+        return response
+
+    async def _redirect(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"/blob/{request.match_info['size']}")
+
+    async def _redirect_loop(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("/redirect-loop")
+
+    async def _until_client_gone(self, request: web.Request) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.STALL_SECONDS
+        while loop.time() < deadline:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+            await asyncio.sleep(0.05)
+
+    async def _declared(self, request: web.Request, length: int) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = length
+        await response.prepare(request)
+        await response.write(blob(min(16, length)))
+        return response
+
+    async def _slow(self, request: web.Request) -> web.StreamResponse:
+        response = await self._declared(request, int(request.match_info["size"]))
+        await self._until_client_gone(request)
+        return response
+
+    async def _lying_length(self, request: web.Request) -> web.StreamResponse:
+        response = await self._declared(request, int(request.match_info["length"]))
+        await self._until_client_gone(request)
+        return response
+
+    async def _trickle(self, request: web.Request) -> web.StreamResponse:
+        data = blob(int(request.match_info["size"]))
+        response = web.StreamResponse()
+        response.content_length = len(data)
+        await response.prepare(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.STALL_SECONDS
+        try:
+            for i in range(len(data)):
+                transport = request.transport
+                if loop.time() > deadline or transport is None or transport.is_closing():
+                    break
+                await response.write(data[i : i + 1])
+                await asyncio.sleep(0.05)
+        except (ConnectionError, OSError):
+            pass
+        return response
+
+    async def _truncated(self, request: web.Request) -> web.StreamResponse:
+        data = blob(int(request.match_info["size"]))
+        response = web.StreamResponse()
+        response.content_length = len(data)
+        await response.prepare(request)
+        await response.write(data[: len(data) // 2])
+        if request.transport is not None:
+            request.transport.close()
         return response
 
     def release(self) -> None:

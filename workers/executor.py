@@ -52,6 +52,9 @@ class Executor:
             if operation.kind is OperationKind.UPDATE_IMAGE:
                 await _apply_update(tx, operation)
                 return
+            if operation.kind is OperationKind.DELETE_IMAGE:
+                await _apply_delete(tx, operation)
+                return
         await self._create(operation_id)
 
     async def _create(self, operation_id: str) -> None:
@@ -70,8 +73,9 @@ class Executor:
         try:
             done, _ = await asyncio.wait({heartbeat, download}, return_when=asyncio.FIRST_COMPLETED)
             if download not in done:
+                # The operation finished elsewhere (cancelled) or was claimed again.
                 download.cancel()
-                log.warning("operation.lease_lost", attempt=claim.attempt)
+                log.warning("operation.download_stopped", attempt=claim.attempt)
                 return
         except asyncio.CancelledError:
             download.cancel()
@@ -107,10 +111,13 @@ class Executor:
         raise AssertionError("unreachable")
 
     async def _heartbeat(self, claim: ClaimedOperation) -> None:
-        """Extend the lease until the operation is done elsewhere (then return)."""
+        """Extend the lease until the operation is done elsewhere (then return).
+
+        Every second at most, so a cancelled Create stops downloading within about a second.
+        """
         lease = self._settings.lease_seconds
         while True:
-            await asyncio.sleep(lease / 3)
+            await asyncio.sleep(min(lease / 3, 1.0))
             try:
                 if not await self._store.extend_lease(claim, lease):
                     return
@@ -148,10 +155,19 @@ class Executor:
             if operation is None:
                 return
             image = await tx.lock_image(operation.image_id)
-            if image is not None and image.status in (ImageStatus.CREATING, ImageStatus.UPDATING):
-                await tx.set_image_status(image.id, status_after_failure(image.status))
+            if image is not None and image.status in _TRANSITIONAL:
+                before = operation.request.get("status_before")
+                await tx.set_image_status(
+                    image.id,
+                    status_after_failure(
+                        image.status, None if before is None else ImageStatus(before)
+                    ),
+                )
             await tx.finish(operation_id, error=_error(Internal(reason)))
             log.warning("operation.abandoned", reason=reason)
+
+
+_TRANSITIONAL = (ImageStatus.CREATING, ImageStatus.UPDATING, ImageStatus.DELETING)
 
 
 def _error(exc: ServiceError) -> OperationError:
@@ -183,4 +199,18 @@ async def _apply_update(tx: Transaction, operation: ClaimedOperation) -> None:
         log.info("operation.failed", code=exc.code.name, error=exc.message)
         return
     await tx.finish(operation.id, response=updated)
+    log.info("operation.done")
+
+
+async def _apply_delete(tx: Transaction, operation: ClaimedOperation) -> None:
+    image = await tx.lock_image(operation.image_id)
+    if image is not None:
+        if image.status is not ImageStatus.DELETING:
+            await tx.finish(
+                operation.id,
+                error=_error(FailedPrecondition(f"Image {image.id} is {image.status.name}")),
+            )
+            return
+        await tx.delete_image(image.id)
+    await tx.finish_deleted(operation.id)
     log.info("operation.done")

@@ -25,6 +25,7 @@ from workers.relay import publish_pending
 log = structlog.get_logger(__name__)
 
 STARTUP_DEADLINE_SECONDS = 60.0
+RETENTION_BATCH = 1000
 
 
 class WorkerPool:
@@ -77,6 +78,21 @@ class WorkerPool:
             publish_timeout=s.publish_timeout_seconds,
         )
 
+    async def purge_expired(self) -> None:
+        """Retention: finished operations and idempotency keys past their age are removed."""
+        s = self._settings
+        removed = 0
+        while True:
+            batch = await self._store.delete_finished_operations(
+                s.operation_retention_seconds, RETENTION_BATCH
+            )
+            removed += batch
+            if batch < RETENTION_BATCH:
+                break
+        keys = await self._store.delete_expired_idempotency_keys(s.idempotency_ttl_seconds)
+        if removed or keys:
+            log.info("retention.purged", operations=removed, idempotency_keys=keys)
+
     async def sweep(self) -> None:
         requeued = await self._store.requeue_abandoned(self._settings.republish_after_seconds)
         if requeued:
@@ -124,6 +140,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         ),
         asyncio.create_task(
             _every(settings.sweep_interval_seconds, "sweeper", pool.sweep), name="sweeper"
+        ),
+        asyncio.create_task(
+            _every(settings.retention_interval_seconds, "retention", pool.purge_expired),
+            name="retention",
         ),
     ]
     log.info("workers.started", queue=settings.amqp_queue, concurrency=settings.worker_concurrency)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
 
@@ -22,11 +22,15 @@ from service.domain.errors import (
     AlreadyExists,
     Code,
     FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
     Unavailable,
     image_name_taken,
     image_not_found,
 )
+from service.domain.listing import ImageQuery, OperationQuery, Operator
 from service.domain.model import (
+    IdempotencyKey,
     Image,
     ImageChange,
     ImageStatus,
@@ -35,7 +39,7 @@ from service.domain.model import (
     OperationError,
     OperationKind,
 )
-from service.domain.rules import ensure_updatable
+from service.domain.rules import ensure_deletable, ensure_updatable
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +57,9 @@ _TRANSIENT = (
 
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
+_FILTER_COLUMNS = {"id": "id", "name": "name"}
+# Sort columns unique within a folder need no ID tie-break in the keyset comparison.
+_UNIQUE_IN_FOLDER = {"id", "name"}
 _IMAGE_COLUMNS = "id, folder_id, name, description, checksum, status, created_at, labels"
 _OPERATION_COLUMNS = (
     "id, kind, image_id, folder_id, description, created_at, created_by, modified_at, done,"
@@ -89,10 +96,12 @@ def _operation(row: asyncpg.Record) -> Operation:
     error = None
     if row["error_code"] is not None:
         error = OperationError(code=Code(row["error_code"]), message=row["error_message"])
-    response = row["response"]
+    kind = OperationKind(row["kind"])
+    # A finished Delete stores an empty response: google.protobuf.Empty on the wire.
+    response = None if kind is OperationKind.DELETE_IMAGE else row["response"]
     return Operation(
         id=row["id"],
-        kind=OperationKind(row["kind"]),
+        kind=kind,
         image_id=row["image_id"],
         folder_id=row["folder_id"],
         description=row["description"],
@@ -112,6 +121,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 @dataclass(frozen=True)
+class Accepted:
+    """What an accepting transaction produced: a new operation, or the one an earlier call
+    with the same idempotency key started (``replayed``)."""
+
+    operation: Operation
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
 class ClaimedOperation:
     """An unfinished operation a worker holds: what it asks and which attempt this is."""
 
@@ -126,8 +144,8 @@ class ClaimedOperation:
 # process, and an order of acceptance that holds even for requests that raced.
 _INSERT_OPERATION = """
 INSERT INTO operations (id, kind, image_id, folder_id, description, created_at, created_by,
-                        modified_at, request, idempotency_key)
-VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6, clock_timestamp(), $7, $8)
+                        modified_at, request)
+VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6, clock_timestamp(), $7)
 RETURNING created_at
 """
 
@@ -168,61 +186,131 @@ class Store:
     # --- the API's side ---------------------------------------------------------------
 
     async def insert_create(
-        self, image: Image, operation: Operation, request: NewImage
-    ) -> Operation:
+        self,
+        image: Image,
+        operation: Operation,
+        request: NewImage,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Accepted:
         """Record a new ``CREATING`` image and its Create operation in one transaction."""
-        with _translate_errors():
-            async with self._pool.acquire() as conn, conn.transaction():
-                try:
-                    await conn.execute(
-                        "INSERT INTO images (id, folder_id, name, description, status, labels,"
-                        " uri) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        image.id,
-                        image.folder_id,
-                        image.name,
-                        image.description,
-                        int(image.status),
-                        dict(image.labels),
-                        request.uri,
-                    )
-                except asyncpg.UniqueViolationError as exc:
-                    raise image_name_taken(image.name) from exc
-                return await self._insert_operation(conn, operation, {"uri": request.uri})
 
-    async def begin_update(self, operation: Operation, change: ImageChange) -> Operation:
-        """Move the image ``READY -> UPDATING`` and record the Update, in one transaction.
+        async def insert(conn: Connection) -> Operation:
+            return await self._insert_create(conn, image, operation, request)
 
-        Returns the operation with the image's folder filled in.
+        return await self._accept(idempotency, operation.id, insert)
+
+    async def _accept(
+        self,
+        idempotency: IdempotencyKey | None,
+        operation_id: str,
+        step: Callable[[Connection], Awaitable[Operation]],
+    ) -> Accepted:
+        """Run an accepting ``step`` in one transaction, behind the idempotency key if any.
+
+        The key is recorded first: a racing call with the same key waits on it, then gets the
+        operation this one started instead of running its own step.
         """
         with _translate_errors():
-            async with self._pool.acquire() as conn, conn.transaction():
-                folder_id = await conn.fetchval(
-                    "UPDATE images SET status = $2 WHERE id = $1 AND status = $3"
-                    " RETURNING folder_id",
-                    operation.image_id,
-                    int(ImageStatus.UPDATING),
-                    int(ImageStatus.READY),
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    earlier = await _claim_key(conn, idempotency, operation_id)
+                    if earlier is None:
+                        return Accepted(await step(conn))
+                row = await conn.fetchrow(
+                    f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE id = $1", earlier
                 )
-                if folder_id is None:
-                    status = await conn.fetchval(
-                        "SELECT status FROM images WHERE id = $1", operation.image_id
-                    )
-                    if status is None:
-                        raise image_not_found(operation.image_id)
-                    ensure_updatable(operation.image_id, ImageStatus(status))
-                    raise FailedPrecondition(f"Image {operation.image_id} is not READY")
-                if change.name is not None:
-                    taken = await conn.fetchval(
-                        "SELECT 1 FROM images WHERE folder_id = $1 AND name = $2 AND id <> $3",
-                        folder_id,
-                        change.name,
-                        operation.image_id,
-                    )
-                    if taken:
-                        raise image_name_taken(change.name)
-                return await self._insert_operation(
-                    conn, replace(operation, folder_id=folder_id), change.to_json()
-                )
+        if row is None:
+            raise Unavailable("the operation of this idempotency key was removed; retry")
+        return Accepted(_operation(row), replayed=True)
+
+    async def _insert_create(
+        self, conn: Connection, image: Image, operation: Operation, request: NewImage
+    ) -> Operation:
+        try:
+            await conn.execute(
+                "INSERT INTO images (id, folder_id, name, description, status, labels,"
+                " uri) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                image.id,
+                image.folder_id,
+                image.name,
+                image.description,
+                int(image.status),
+                dict(image.labels),
+                request.uri,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise image_name_taken(image.name) from exc
+        return await self._insert_operation(conn, operation, {"uri": request.uri})
+
+    async def begin_update(
+        self,
+        operation: Operation,
+        change: ImageChange,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Accepted:
+        """Move the image ``READY -> UPDATING`` and record the Update, in one transaction."""
+
+        async def begin(conn: Connection) -> Operation:
+            return await self._begin_update(conn, operation, change)
+
+        return await self._accept(idempotency, operation.id, begin)
+
+    async def _begin_update(
+        self, conn: Connection, operation: Operation, change: ImageChange
+    ) -> Operation:
+        folder_id = await conn.fetchval(
+            "UPDATE images SET status = $2 WHERE id = $1 AND status = $3 RETURNING folder_id",
+            operation.image_id,
+            int(ImageStatus.UPDATING),
+            int(ImageStatus.READY),
+        )
+        if folder_id is None:
+            status = await conn.fetchval(
+                "SELECT status FROM images WHERE id = $1", operation.image_id
+            )
+            if status is None:
+                raise image_not_found(operation.image_id)
+            ensure_updatable(operation.image_id, ImageStatus(status))
+            raise FailedPrecondition(f"Image {operation.image_id} is not READY")
+        if change.name is not None:
+            taken = await conn.fetchval(
+                "SELECT 1 FROM images WHERE folder_id = $1 AND name = $2 AND id <> $3",
+                folder_id,
+                change.name,
+                operation.image_id,
+            )
+            if taken:
+                raise image_name_taken(change.name)
+        return await self._insert_operation(
+            conn, replace(operation, folder_id=folder_id), change.to_json()
+        )
+
+    async def begin_delete(
+        self, operation: Operation, idempotency: IdempotencyKey | None = None
+    ) -> Accepted:
+        """Move the image to ``DELETING`` and record the Delete, in one transaction."""
+
+        async def begin(conn: Connection) -> Operation:
+            row = await conn.fetchrow(
+                "SELECT folder_id, status FROM images WHERE id = $1 FOR UPDATE",
+                operation.image_id,
+            )
+            if row is None:
+                raise image_not_found(operation.image_id)
+            status = ImageStatus(row["status"])
+            ensure_deletable(operation.image_id, status)
+            await conn.execute(
+                "UPDATE images SET status = $2 WHERE id = $1",
+                operation.image_id,
+                int(ImageStatus.DELETING),
+            )
+            return await self._insert_operation(
+                conn,
+                replace(operation, folder_id=row["folder_id"]),
+                {"status_before": int(status)},
+            )
+
+        return await self._accept(idempotency, operation.id, begin)
 
     @staticmethod
     async def _insert_operation(
@@ -238,7 +326,6 @@ class Store:
             operation.description,
             operation.created_by,
             request,
-            None,
         )
         return replace(operation, created_at=created_at, modified_at=created_at)
 
@@ -257,17 +344,64 @@ class Store:
             )
         return None if row is None else _image(row)
 
-    async def list_images(self, folder_id: str, after_id: str, limit: int) -> list[Image]:
-        """One page of a folder's images in ID order, starting after ``after_id``."""
+    async def list_images(self, query: ImageQuery, limit: int) -> list[Image]:
+        """Up to ``limit`` images of a folder matching the query, after its keyset position.
+
+        Column names come from fixed tables; every value the client sent is a parameter.
+        """
+        args: list[Any] = [query.folder_id]
+        clauses = ["folder_id = $1"]
+        for condition in query.conditions:
+            args.append(condition.value)
+            column = _FILTER_COLUMNS[condition.field]
+            if condition.operator is Operator.EQUALS:
+                clauses.append(f"{column} = ${len(args)}")
+            else:
+                clauses.append(f"strpos({column}, ${len(args)}) > 0")
+        column = query.ordering.column
+        direction = "DESC" if query.ordering.descending else "ASC"
+        if query.after is not None:
+            compare = "<" if query.ordering.descending else ">"
+            if column in _UNIQUE_IN_FOLDER:
+                args.append(query.after[0])
+                clauses.append(f"{column} {compare} ${len(args)}")
+            else:
+                args += [query.after[0], query.after[1]]
+                clauses.append(f"({column}, id) {compare} (${len(args) - 1}, ${len(args)})")
+        args.append(limit)
+        sql = (
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE {' AND '.join(clauses)}"
+            f" ORDER BY {column} {direction}, id {direction} LIMIT ${len(args)}"
+        )
         with _translate_errors():
-            rows = await self._pool.fetch(
-                f"SELECT {_IMAGE_COLUMNS} FROM images WHERE folder_id = $1 AND id > $2"
-                " ORDER BY id LIMIT $3",
-                folder_id,
-                after_id,
-                limit,
-            )
+            rows = await self._pool.fetch(sql, *args)
         return [_image(row) for row in rows]
+
+    async def list_operations(self, query: OperationQuery, limit: int) -> list[Operation]:
+        """Up to ``limit`` operations of an image, newest first, after the keyset position."""
+        with _translate_errors():
+            if query.after is None:
+                rows = await self._pool.fetch(
+                    f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE image_id = $1"
+                    " ORDER BY created_at DESC, id DESC LIMIT $2",
+                    query.image_id,
+                    limit,
+                )
+            else:
+                rows = await self._pool.fetch(
+                    f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE image_id = $1"
+                    " AND (created_at, id) < ($2, $3)"
+                    " ORDER BY created_at DESC, id DESC LIMIT $4",
+                    query.image_id,
+                    query.after[0],
+                    query.after[1],
+                    limit,
+                )
+        return [_operation(row) for row in rows]
+
+    async def image_exists(self, image_id: str) -> bool:
+        with _translate_errors():
+            return bool(await self._pool.fetchval("SELECT 1 FROM images WHERE id = $1", image_id))
 
     async def get_operation(self, operation_id: str) -> Operation | None:
         with _translate_errors():
@@ -275,6 +409,51 @@ class Store:
                 f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE id = $1", operation_id
             )
         return None if row is None else _operation(row)
+
+    async def cancel_operation(self, operation_id: str) -> Operation | None:
+        """Finish an unfinished operation with ``CANCELLED`` and undo what it started.
+
+        A Create's image is removed; an Update's image is ``READY`` again; a Delete's image
+        gets back the status it had. A finished operation is returned unchanged. A worker in
+        the middle of an Update holds the operation row, so the cancel waits and then finds
+        it done. A running Create's worker sees its claim gone and stops downloading.
+        """
+        with _translate_errors():
+            async with self._pool.acquire() as conn:
+                async with conn.transaction():
+                    tx = Transaction(conn)
+                    claimed = await tx.lock_operation(operation_id)
+                    if claimed is not None:
+                        image = await tx.lock_image(claimed.image_id)
+                        if image is not None:
+                            await _undo(tx, claimed, image)
+                        await tx.finish(
+                            operation_id,
+                            error=OperationError(Code.CANCELLED, "Operation cancelled"),
+                        )
+                row = await conn.fetchrow(
+                    f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE id = $1", operation_id
+                )
+        return None if row is None else _operation(row)
+
+    async def delete_finished_operations(self, older_than_seconds: float, batch: int) -> int:
+        """Remove up to ``batch`` operations finished more than ``older_than_seconds`` ago."""
+        with _translate_errors():
+            status = await self._pool.execute(
+                "DELETE FROM operations WHERE id IN (SELECT id FROM operations WHERE done"
+                " AND modified_at < now() - make_interval(secs => $1) LIMIT $2)",
+                older_than_seconds,
+                batch,
+            )
+        return int(status.split()[-1])
+
+    async def delete_expired_idempotency_keys(self, older_than_seconds: float) -> int:
+        with _translate_errors():
+            status = await self._pool.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+                older_than_seconds,
+            )
+        return int(status.split()[-1])
 
     # --- the workers' side -------------------------------------------------------------
 
@@ -347,6 +526,40 @@ class Store:
         return [row["id"] for row in rows]
 
 
+async def _claim_key(
+    conn: Connection, idempotency: IdempotencyKey | None, operation_id: str
+) -> str | None:
+    """Record the key for ``operation_id``; returns the operation of an earlier call instead."""
+    if idempotency is None:
+        return None
+    inserted = await conn.fetchval(
+        "INSERT INTO idempotency_keys (caller, key, fingerprint, operation_id)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (caller, key) DO NOTHING RETURNING 1",
+        idempotency.caller,
+        idempotency.key,
+        idempotency.fingerprint,
+        operation_id,
+    )
+    if inserted:
+        return None
+    row = await conn.fetchrow(
+        "SELECT fingerprint, operation_id FROM idempotency_keys WHERE caller = $1 AND key = $2",
+        idempotency.caller,
+        idempotency.key,
+    )
+    if row is None:  # expired between the two statements
+        raise Unavailable("idempotency key expired while in use; retry")
+    if row["fingerprint"] != idempotency.fingerprint:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "idempotency-key", "was already used for a different request by this caller"
+                )
+            ]
+        )
+    return str(row["operation_id"])
+
+
 def _claimed(row: asyncpg.Record) -> ClaimedOperation:
     return ClaimedOperation(
         id=row["id"],
@@ -355,6 +568,15 @@ def _claimed(row: asyncpg.Record) -> ClaimedOperation:
         request=row["request"],
         attempt=row["attempts"],
     )
+
+
+async def _undo(tx: Transaction, operation: ClaimedOperation, image: Image) -> None:
+    if operation.kind is OperationKind.CREATE_IMAGE:
+        await tx.delete_image(image.id)
+    elif operation.kind is OperationKind.UPDATE_IMAGE and image.status is ImageStatus.UPDATING:
+        await tx.set_image_status(image.id, ImageStatus.READY)
+    elif operation.kind is OperationKind.DELETE_IMAGE and image.status is ImageStatus.DELETING:
+        await tx.set_image_status(image.id, ImageStatus(operation.request["status_before"]))
 
 
 class Transaction:
@@ -417,6 +639,17 @@ class Transaction:
         await self.conn.execute(
             "UPDATE operations SET published_at = now() WHERE id = ANY($1::text[])",
             list(operation_ids),
+        )
+
+    async def delete_image(self, image_id: str) -> None:
+        await self.conn.execute("DELETE FROM images WHERE id = $1", image_id)
+
+    async def finish_deleted(self, operation_id: str) -> None:
+        """Mark a Delete done; its response is ``google.protobuf.Empty``."""
+        await self.conn.execute(
+            "UPDATE operations SET done = true, modified_at = now(), lease_until = NULL,"
+            " response = '{}'::jsonb WHERE id = $1 AND NOT done",
+            operation_id,
         )
 
     async def set_image_status(self, image_id: str, status: ImageStatus) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
 from service.domain.model import Image, Operation, OperationKind
@@ -37,11 +37,15 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+_METADATA = {
+    OperationKind.CREATE_IMAGE: image_service_pb2.CreateImageMetadata,
+    OperationKind.UPDATE_IMAGE: image_service_pb2.UpdateImageMetadata,
+    OperationKind.DELETE_IMAGE: image_service_pb2.DeleteImageMetadata,
+}
+
+
 def operation_to_proto(operation: Operation) -> operation_pb2.Operation:
-    if operation.kind is OperationKind.CREATE_IMAGE:
-        metadata = _pack(image_service_pb2.CreateImageMetadata(image_id=operation.image_id))
-    else:
-        metadata = _pack(image_service_pb2.UpdateImageMetadata(image_id=operation.image_id))
+    metadata = _pack(_METADATA[operation.kind](image_id=operation.image_id))
     out = operation_pb2.Operation(
         id=operation.id,
         description=operation.description,
@@ -57,4 +61,6 @@ def operation_to_proto(operation: Operation) -> operation_pb2.Operation:
         )
     elif operation.response is not None:
         out.response.CopyFrom(_pack(image_to_proto(operation.response)))
+    elif operation.done:  # a finished Delete
+        out.response.CopyFrom(_pack(empty_pb2.Empty()))
     return out

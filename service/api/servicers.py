@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import grpc
+from google.protobuf.message import Message
 
 from service.api.convert import image_to_proto, operation_to_proto
 from service.app import ImageApp
-from service.domain.errors import Unimplemented
-from service.domain.model import NewImage
-from service.domain.validation import resolve_update
+from service.domain.model import IdempotencyKey, NewImage
+from service.domain.validation import resolve_update, validate_idempotency_key
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_pb2, operation_service_pb2, operation_service_pb2_grpc
 
@@ -16,6 +18,19 @@ Context = grpc.aio.ServicerContext[object, object]
 
 # Until authentication lands, operations are started by an anonymous caller.
 ANONYMOUS = ""
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+def idempotency_key(context: Context, method: str, request: Message) -> IdempotencyKey | None:
+    """The call's ``idempotency-key``, if sent, bound to the caller and the exact request."""
+    for key, value in context.invocation_metadata() or ():
+        if key == IDEMPOTENCY_HEADER:
+            text = value if isinstance(value, str) else value.decode(errors="replace")
+            validate_idempotency_key(text)
+            digest = hashlib.sha256(method.encode())
+            digest.update(request.SerializeToString(deterministic=True))
+            return IdempotencyKey(caller=ANONYMOUS, key=text, fingerprint=digest.hexdigest())
+    return None
 
 
 class ImageService(image_service_pb2_grpc.ImageServiceServicer):
@@ -30,9 +45,13 @@ class ImageService(image_service_pb2_grpc.ImageServiceServicer):
     async def List(
         self, request: image_service_pb2.ListImagesRequest, context: Context
     ) -> image_service_pb2.ListImagesResponse:
-        if request.filter or request.order_by:
-            raise Unimplemented("filter and order_by are not supported yet")
-        page = await self._app.list_images(request.folder_id, request.page_size, request.page_token)
+        page = await self._app.list_images(
+            request.folder_id,
+            request.page_size,
+            request.page_token,
+            request.filter,
+            request.order_by,
+        )
         return image_service_pb2.ListImagesResponse(
             images=[image_to_proto(image) for image in page.images],
             next_page_token=page.next_page_token,
@@ -48,7 +67,8 @@ class ImageService(image_service_pb2_grpc.ImageServiceServicer):
             uri=request.uri,
             labels=dict(request.labels),
         )
-        return operation_to_proto(await self._app.create_image(new, ANONYMOUS))
+        key = idempotency_key(context, "Create", request)
+        return operation_to_proto(await self._app.create_image(new, ANONYMOUS, key))
 
     async def Update(
         self, request: image_service_pb2.UpdateImageRequest, context: Context
@@ -62,18 +82,26 @@ class ImageService(image_service_pb2_grpc.ImageServiceServicer):
             request.description,
             dict(request.labels),
         )
-        operation = await self._app.update_image(request.image_id, change, ANONYMOUS)
+        key = idempotency_key(context, "Update", request)
+        operation = await self._app.update_image(request.image_id, change, ANONYMOUS, key)
         return operation_to_proto(operation)
 
     async def Delete(
         self, request: image_service_pb2.DeleteImageRequest, context: Context
     ) -> operation_pb2.Operation:
-        raise Unimplemented("Delete is not implemented yet")
+        key = idempotency_key(context, "Delete", request)
+        return operation_to_proto(await self._app.delete_image(request.image_id, ANONYMOUS, key))
 
     async def ListOperations(
         self, request: image_service_pb2.ListImageOperationsRequest, context: Context
     ) -> image_service_pb2.ListImageOperationsResponse:
-        raise Unimplemented("ListOperations is not implemented yet")
+        page = await self._app.list_operations(
+            request.image_id, request.page_size, request.page_token
+        )
+        return image_service_pb2.ListImageOperationsResponse(
+            operations=[operation_to_proto(op) for op in page.operations],
+            next_page_token=page.next_page_token,
+        )
 
 
 class OperationService(operation_service_pb2_grpc.OperationServiceServicer):
@@ -88,4 +116,4 @@ class OperationService(operation_service_pb2_grpc.OperationServiceServicer):
     async def Cancel(
         self, request: operation_service_pb2.CancelOperationRequest, context: Context
     ) -> operation_pb2.Operation:
-        raise Unimplemented("Cancel is not implemented yet")
+        return operation_to_proto(await self._app.cancel_operation(request.operation_id))

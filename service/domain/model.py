@@ -25,11 +25,13 @@ class ImageStatus(enum.IntEnum):
 class OperationKind(enum.StrEnum):
     CREATE_IMAGE = "create_image"
     UPDATE_IMAGE = "update_image"
+    DELETE_IMAGE = "delete_image"
 
 
 DESCRIPTIONS = {
     OperationKind.CREATE_IMAGE: "Create image",
     OperationKind.UPDATE_IMAGE: "Update image",
+    OperationKind.DELETE_IMAGE: "Delete image",
 }
 
 
@@ -132,6 +134,15 @@ class OperationError:
 
 
 @dataclass(frozen=True)
+class IdempotencyKey:
+    """A client's ``idempotency-key`` for one call; ``fingerprint`` identifies the request."""
+
+    caller: str
+    key: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class Operation:
     id: str
     kind: OperationKind
@@ -142,6 +153,7 @@ class Operation:
     created_by: str
     modified_at: datetime
     done: bool
+    # Set when a Create or Update finished well; a finished Delete has neither (Empty).
     response: Image | None = None
     error: OperationError | None = None
 

@@ -208,3 +208,19 @@ def resolve_update(
         description=description if "description" in paths else None,
         labels=dict(labels) if "labels" in paths else None,
     )
+
+
+MAX_IDEMPOTENCY_KEY = 128
+
+
+def validate_idempotency_key(value: str) -> None:
+    """A client's retry key: 1-128 printable ASCII characters (a UUID, customarily)."""
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY or not all(33 <= ord(ch) <= 126 for ch in value):
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "idempotency-key",
+                    f"must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters without spaces",
+                )
+            ]
+        )

@@ -230,12 +230,3 @@ async def test_update_of_an_image_in_error_is_failed_precondition(images, operat
     error = await rpc_error(images.Update(update(image_id=image_id_of(created), description="x")))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "ERROR" in error.details()
-
-
-async def test_unimplemented_methods_say_so(images, operations):
-    error = await rpc_error(images.Delete(image_service_pb2.DeleteImageRequest(image_id=IMAGE_ID)))
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
-    error = await rpc_error(
-        operations.Cancel(operation_service_pb2.CancelOperationRequest(operation_id="x"))
-    )
-    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
