@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     retention_interval_seconds: float = Field(default=600.0, gt=0)
     download_timeout_seconds: float = Field(default=600.0, gt=0)
     download_max_bytes: int = Field(default=64 * 1024**3, gt=0)
+    download_stall_seconds: float = Field(
+        default=60.0, gt=0, description="a source silent this long is treated as unreachable"
+    )
 
     log_level: str = Field(default="INFO")
 

@@ -101,6 +101,7 @@ class Executor:
                     uri,
                     timeout=settings.download_timeout_seconds,
                     max_bytes=settings.download_max_bytes,
+                    stall_timeout=settings.download_stall_seconds,
                 )
             except Unavailable as exc:
                 if attempt == DOWNLOAD_TRIES:

@@ -292,7 +292,7 @@ class Store:
 
         async def begin(conn: Connection) -> Operation:
             row = await conn.fetchrow(
-                "SELECT folder_id, status FROM images WHERE id = $1 FOR UPDATE",
+                "SELECT folder_id, status FROM images WHERE id = $1 FOR NO KEY UPDATE",
                 operation.image_id,
             )
             if row is None:

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from service.domain.errors import Code, DeadlineExceeded, ServiceError, Unavailable
+from service.domain.errors import Code, DeadlineExceeded, Unavailable
 from tests.support import BlobServer, blob, eventually, generated_chunks
 from workers.download import CHUNK, DownloadFailed, download_md5
 
@@ -157,10 +157,23 @@ async def test_a_body_cut_short_is_unavailable(blobs: BlobServer):
     assert failed.value.retryable
 
 
-async def test_a_redirect_loop_fails_without_hanging(blobs: BlobServer):
-    # aiohttp gives up after max_redirects; the outcome is an error, whichever its class.
-    with pytest.raises(ServiceError):
+async def test_a_redirect_loop_fails_for_good_without_hanging(blobs: BlobServer):
+    with pytest.raises(DownloadFailed, match="too many redirects") as caught:
         await asyncio.wait_for(download(blobs.url("/redirect-loop")), 5)
+    assert not caught.value.retryable
+
+
+@pytest.mark.parametrize("status", [408, 429])
+async def test_try_again_later_answers_are_transient(blobs: BlobServer, status: int):
+    with pytest.raises(Unavailable) as caught:
+        await download(blobs.url(f"/status/{status}"))
+    assert caught.value.retryable
+
+
+async def test_a_source_that_stalls_is_unavailable_not_a_deadline(blobs: BlobServer):
+    with pytest.raises(Unavailable, match="stalled") as caught:
+        await download_md5(blobs.url("/slow/1000"), timeout=30, max_bytes=10**6, stall_timeout=0.3)
+    assert caught.value.retryable
 
 
 async def test_downloading_streams_in_constant_memory(blobs: BlobServer):
