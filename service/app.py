@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import timedelta
 
 import structlog
 
@@ -37,16 +38,25 @@ log = structlog.get_logger(__name__)
 
 
 class FinishedOperations:
-    """Finished operations never change, so they are kept in memory (least recent out)."""
+    """Finished operations never change, so they are kept in memory (least recent out).
 
-    def __init__(self, capacity: int) -> None:
+    One finished longer ago than the retention period is gone from the database, so it is
+    forgotten here too: every API process answers NOT_FOUND for it alike.
+    """
+
+    def __init__(self, capacity: int, retention_seconds: float = float("inf")) -> None:
         self._capacity = capacity
+        self._retention = timedelta(seconds=min(retention_seconds, 1e9))
         self._items: OrderedDict[str, Operation] = OrderedDict()
 
     def get(self, operation_id: str) -> Operation | None:
         operation = self._items.get(operation_id)
-        if operation is not None:
-            self._items.move_to_end(operation_id)
+        if operation is None:
+            return None
+        if utcnow() - operation.modified_at > self._retention:
+            del self._items[operation_id]
+            return None
+        self._items.move_to_end(operation_id)
         return operation
 
     def put(self, operation: Operation) -> None:
@@ -91,12 +101,18 @@ class ImageApp:
     """What the API does; servicers only convert to and from protobuf around it."""
 
     def __init__(
-        self, store: Store, broker: Broker, *, publish_timeout: float, cache_size: int
+        self,
+        store: Store,
+        broker: Broker,
+        *,
+        publish_timeout: float,
+        cache_size: int,
+        retention_seconds: float = float("inf"),
     ) -> None:
         self._store = store
         self._broker = broker
         self._publish_timeout = publish_timeout
-        self._finished = FinishedOperations(cache_size)
+        self._finished = FinishedOperations(cache_size, retention_seconds)
 
     async def create_image(
         self, request: NewImage, created_by: str, idempotency: IdempotencyKey | None = None

@@ -7,6 +7,11 @@ import sys
 
 import structlog
 
+# Tracebacks without local variables: locals can hold secrets and request payloads.
+_TRACEBACKS = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
 _SHARED: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.processors.add_log_level,
@@ -22,7 +27,7 @@ def configure(level: str = "INFO", component: str = "api") -> None:
     structlog.configure(
         processors=[
             *_SHARED,
-            structlog.processors.dict_tracebacks,
+            _TRACEBACKS,
             structlog.processors.EventRenamer("message"),
             structlog.processors.JSONRenderer(),
         ],
@@ -38,7 +43,7 @@ def configure(level: str = "INFO", component: str = "api") -> None:
             foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.dict_tracebacks,
+                _TRACEBACKS,
                 structlog.processors.EventRenamer("message"),
                 structlog.processors.JSONRenderer(),
             ],

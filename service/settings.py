@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(
         default=60.0, gt=0, description="how long a worker retries a transient error in place"
     )
+    consumer_watch_interval_seconds: float = Field(
+        default=5.0, gt=0, description="how often a worker checks its consumers are subscribed"
+    )
+    consumer_stall_seconds: float = Field(
+        default=15.0, gt=0, description="ready messages unreceived this long: resubscribe"
+    )
     outbox_interval_seconds: float = Field(default=1.0, gt=0)
     outbox_grace_seconds: float = Field(
         default=2.0, ge=0, description="age of an unpublished operation before the relay sends it"
@@ -78,6 +84,13 @@ class Settings(BaseSettings):
     download_max_bytes: int = Field(default=64 * 1024**3, gt=0)
     download_stall_seconds: float = Field(
         default=60.0, gt=0, description="a source silent this long is treated as unreachable"
+    )
+
+    health_interval_seconds: float = Field(
+        default=2.0, gt=0, description="how often the database and broker are checked"
+    )
+    worker_health_file: str = Field(
+        default="", description="if set, workers touch this file while their dependencies work"
     )
 
     log_level: str = Field(default="INFO")

@@ -12,10 +12,11 @@ import contextlib
 import random
 import signal
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import structlog
 
-from service.adapters.queue import Broker, Delivery, dead_letter_queue
+from service.adapters.queue import Broker, ConsumerWatch, Delivery, dead_letter_queue
 from service.adapters.store import Store, wait_for_database
 from service.domain.errors import ServiceError
 from service.settings import Settings
@@ -93,6 +94,19 @@ class WorkerPool:
         if removed or keys:
             log.info("retention.purged", operations=removed, idempotency_keys=keys)
 
+    async def report_health(self) -> None:
+        """Touch the health file while the database and broker work; remove it otherwise."""
+        path = Path(self._settings.worker_health_file)
+        try:
+            await asyncio.wait_for(self._store.ping(), self._settings.health_interval_seconds)
+            ok = self._broker.is_healthy()
+        except (ServiceError, TimeoutError):
+            ok = False
+        if ok:
+            await asyncio.to_thread(path.touch)
+        else:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+
     async def sweep(self) -> None:
         requeued = await self._store.requeue_abandoned(self._settings.republish_after_seconds)
         if requeued:
@@ -128,11 +142,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     broker.start()
     await broker.wait_connected(STARTUP_DEADLINE_SECONDS)
     pool = WorkerPool(settings, store, broker)
+    watch = ConsumerWatch(settings.consumer_watch_interval_seconds, settings.consumer_stall_seconds)
     consumer = await broker.consume(
-        settings.amqp_queue, pool.execute_operation, prefetch=settings.worker_concurrency
+        settings.amqp_queue, pool.execute_operation, settings.worker_concurrency, watch
     )
     dead = await broker.consume(
-        dead_letter_queue(settings.amqp_queue), pool.abandon_dead_letter, prefetch=4
+        dead_letter_queue(settings.amqp_queue), pool.abandon_dead_letter, 4, watch
     )
     side_loops = [
         asyncio.create_task(
@@ -146,6 +161,13 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
             name="retention",
         ),
     ]
+    if settings.worker_health_file:
+        side_loops.append(
+            asyncio.create_task(
+                _every(settings.health_interval_seconds, "health", pool.report_health),
+                name="health",
+            )
+        )
     log.info("workers.started", queue=settings.amqp_queue, concurrency=settings.worker_concurrency)
     try:
         await stop.wait()

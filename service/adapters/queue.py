@@ -31,6 +31,15 @@ CLOSE_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
+class ConsumerWatch:
+    """A consumer with room, while ready messages wait ``stall_seconds``, is taken for lost;
+    checked every ``interval_seconds``."""
+
+    interval_seconds: float = 5.0
+    stall_seconds: float = 15.0
+
+
+@dataclass(frozen=True)
 class Delivery:
     """One received message, reduced to what a handler needs."""
 
@@ -146,14 +155,22 @@ class Broker:
         ) as exc:
             raise Unavailable(f"publish failed: {type(exc).__name__}") from exc
 
-    async def consume(self, queue_name: str, handler: Handler, prefetch: int) -> Consumer:
+    async def consume(
+        self,
+        queue_name: str,
+        handler: Handler,
+        prefetch: int,
+        watch: ConsumerWatch | None = None,
+    ) -> Consumer:
         """Start consuming ``queue_name`` on a channel of its own with ``prefetch`` unacked."""
         await self.wait_connected()
-        assert self._connection is not None
-        channel = await self._connection.channel()
-        await channel.set_qos(prefetch_count=prefetch)
-        queue = await channel.get_queue(queue_name, ensure=True)
-        consumer = Consumer(channel, queue, handler)
+        connection = self._connection
+        assert connection is not None
+
+        async def open_channel() -> aio_pika.abc.AbstractChannel:
+            return await connection.channel()
+
+        consumer = Consumer(open_channel, queue_name, handler, prefetch, watch or ConsumerWatch())
         await consumer.start()
         return consumer
 
@@ -168,23 +185,96 @@ class Broker:
                 await asyncio.wait_for(self._connection.close(), CLOSE_TIMEOUT_SECONDS)
 
 
+ChannelFactory = Callable[[], Awaitable[aio_pika.abc.AbstractChannel]]
+
+
+def consumer_is_lost(
+    *, ready: int, in_flight: int, prefetch: int, idle_seconds: float, stall_seconds: float
+) -> bool:
+    """Messages wait, this consumer has room, and yet nothing arrived for a while."""
+    return ready > 0 and in_flight < prefetch and idle_seconds > stall_seconds
+
+
 class Consumer:
-    """Runs a handler per message; acks after it returns True, requeues otherwise."""
+    """Runs a handler per message; acks after it returns True, requeues otherwise.
+
+    It owns its channel. A robust channel restores its consumer after a reconnect, but a
+    consumer can still be lost on a live connection (cancelled by the broker, its channel
+    closed by a failed operation, or restored in a state that receives nothing). A watchdog
+    notices and subscribes again on a fresh channel.
+    """
 
     def __init__(
         self,
-        channel: aio_pika.abc.AbstractChannel,
-        queue: aio_pika.abc.AbstractQueue,
+        open_channel: ChannelFactory,
+        queue_name: str,
         handler: Handler,
+        prefetch: int,
+        watch: ConsumerWatch,
     ) -> None:
-        self._channel = channel
-        self._queue = queue
+        self._open_channel = open_channel
+        self._queue_name = queue_name
         self._handler = handler
+        self._prefetch = prefetch
+        self._watch_settings = watch
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._queue: aio_pika.abc.AbstractQueue | None = None
         self._tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._last_delivery = 0.0
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._tag = await self._queue.consume(self._on_message, no_ack=False)
+        await self._subscribe()
+        self._watchdog = asyncio.create_task(self._watch(), name=f"watch-{self._queue_name}")
+
+    async def _subscribe(self) -> None:
+        channel = await self._open_channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        queue = await channel.get_queue(self._queue_name, ensure=True)
+        self._channel, self._queue = channel, queue
+        self._tag = await queue.consume(self._on_message, no_ack=False)
+        self._last_delivery = asyncio.get_running_loop().time()
+
+    async def _resubscribe(self, reason: str) -> None:
+        log.warning("consumer.lost", queue=self._queue_name, reason=reason)
+        old = self._channel
+        if old is not None and not old.is_closed:
+            # Unacked messages of the old channel go back to the queue when it closes.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.close(), CLOSE_TIMEOUT_SECONDS)
+        await self._subscribe()
+        log.info("consumer.resubscribed", queue=self._queue_name)
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        closed_since: float | None = None
+        while True:
+            await asyncio.sleep(self._watch_settings.interval_seconds)
+            stall = self._watch_settings.stall_seconds
+            try:
+                if self._channel is None or self._channel.is_closed:
+                    # Closed while its connection lives on (a reconnect reopens it sooner).
+                    closed_since = closed_since or loop.time()
+                    if loop.time() - closed_since > stall:
+                        await self._resubscribe("channel closed")
+                        closed_since = None
+                    continue
+                closed_since = None
+                assert self._queue is not None
+                declared = await self._queue.declare(timeout=CLOSE_TIMEOUT_SECONDS)
+                if consumer_is_lost(
+                    ready=declared.message_count or 0,
+                    in_flight=len(self._in_flight),
+                    prefetch=self._prefetch,
+                    idle_seconds=loop.time() - self._last_delivery,
+                    stall_seconds=stall,
+                ):
+                    await self._resubscribe("messages wait but none arrive")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("consumer.watch_failed", queue=self._queue_name, error=repr(exc))
 
     @property
     def in_flight(self) -> int:
@@ -194,6 +284,7 @@ class Consumer:
         task = asyncio.current_task()
         assert task is not None
         self._in_flight.add(task)
+        self._last_delivery = asyncio.get_running_loop().time()
         try:
             delivery = Delivery(
                 operation_id=message.body.decode(errors="replace"),
@@ -219,10 +310,15 @@ class Consumer:
 
     async def stop(self, grace: float) -> None:
         """Stop taking messages, let in-flight ones finish for ``grace`` seconds, then cancel."""
-        if self._tag is not None and not self._channel.is_closed:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        channel, queue = self._channel, self._queue
+        if channel is None or queue is None:
+            return
+        if self._tag is not None and not channel.is_closed:
             # A cancel waits for the broker's answer: bounded, in case it just went away.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._queue.cancel(self._tag), CLOSE_TIMEOUT_SECONDS)
+                await asyncio.wait_for(queue.cancel(self._tag), CLOSE_TIMEOUT_SECONDS)
         pending = set(self._in_flight)
         if pending:
             _, still = await asyncio.wait(pending, timeout=grace)
@@ -231,4 +327,4 @@ class Consumer:
             if still:
                 await asyncio.wait(still, timeout=5)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._channel.close(), CLOSE_TIMEOUT_SECONDS)
+            await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT_SECONDS)

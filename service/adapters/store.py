@@ -75,6 +75,12 @@ def _translate_errors() -> Iterator[None]:
         if exc.constraint_name == "images_folder_name_key":
             raise AlreadyExists("Image with that name already exists") from exc
         raise
+    except asyncpg.DataError as exc:
+        # Validation keeps such values out; should one slip through, it is still the
+        # client's input, not a server fault.
+        raise InvalidArgument(
+            [FieldViolation("request", "contains a value that cannot be stored or compared")]
+        ) from exc
     except _TRANSIENT as exc:
         raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
 
@@ -153,8 +159,9 @@ RETURNING created_at
 class Store:
     """Queries of the API and the workers over one connection pool."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float = 30.0) -> None:
         self._pool = pool
+        self._acquire_timeout = acquire_timeout
 
     @classmethod
     async def connect(
@@ -167,6 +174,7 @@ class Store:
                 max_size=max_size,
                 command_timeout=command_timeout,
                 init=_init_connection,
+                timeout=min(command_timeout, 10.0),  # to establish one connection
                 server_settings={
                     # A backend waiting on a lock notices a dead client (a killed worker) and
                     # rolls back, instead of holding its row locks until the lock is granted.
@@ -174,14 +182,21 @@ class Store:
                     "idle_in_transaction_session_timeout": "60000",
                 },
             )
-        return cls(pool)
+        return cls(pool, acquire_timeout=command_timeout)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection, waited for at most the command timeout; errors translated."""
+        with _translate_errors():
+            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                yield conn
 
     async def close(self) -> None:
         await self._pool.close()
 
     async def ping(self) -> None:
-        with _translate_errors():
-            await self._pool.fetchval("SELECT 1")
+        async with self._connection() as conn:
+            await conn.fetchval("SELECT 1")
 
     # --- the API's side ---------------------------------------------------------------
 
@@ -210,15 +225,14 @@ class Store:
         The key is recorded first: a racing call with the same key waits on it, then gets the
         operation this one started instead of running its own step.
         """
-        with _translate_errors():
-            async with self._pool.acquire() as conn:
-                async with conn.transaction():
-                    earlier = await _claim_key(conn, idempotency, operation_id)
-                    if earlier is None:
-                        return Accepted(await step(conn))
-                row = await conn.fetchrow(
-                    f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE id = $1", earlier
-                )
+        async with self._connection() as conn:
+            async with conn.transaction():
+                earlier = await _claim_key(conn, idempotency, operation_id)
+                if earlier is None:
+                    return Accepted(await step(conn))
+            row = await conn.fetchrow(
+                f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE id = $1", earlier
+            )
         if row is None:
             raise Unavailable("the operation of this idempotency key was removed; retry")
         return Accepted(_operation(row), replayed=True)
@@ -330,16 +344,16 @@ class Store:
         return replace(operation, created_at=created_at, modified_at=created_at)
 
     async def mark_published(self, operation_ids: Sequence[str]) -> None:
-        with _translate_errors():
-            await self._pool.execute(
+        async with self._connection() as conn:
+            await conn.execute(
                 "UPDATE operations SET published_at = now()"
                 " WHERE id = ANY($1::text[]) AND published_at IS NULL",
                 list(operation_ids),
             )
 
     async def get_image(self, image_id: str) -> Image | None:
-        with _translate_errors():
-            row = await self._pool.fetchrow(
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
                 f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id = $1", image_id
             )
         return None if row is None else _image(row)
@@ -373,22 +387,22 @@ class Store:
             f"SELECT {_IMAGE_COLUMNS} FROM images WHERE {' AND '.join(clauses)}"
             f" ORDER BY {column} {direction}, id {direction} LIMIT ${len(args)}"
         )
-        with _translate_errors():
-            rows = await self._pool.fetch(sql, *args)
+        async with self._connection() as conn:
+            rows = await conn.fetch(sql, *args)
         return [_image(row) for row in rows]
 
     async def list_operations(self, query: OperationQuery, limit: int) -> list[Operation]:
         """Up to ``limit`` operations of an image, newest first, after the keyset position."""
-        with _translate_errors():
+        async with self._connection() as conn:
             if query.after is None:
-                rows = await self._pool.fetch(
+                rows = await conn.fetch(
                     f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE image_id = $1"
                     " ORDER BY created_at DESC, id DESC LIMIT $2",
                     query.image_id,
                     limit,
                 )
             else:
-                rows = await self._pool.fetch(
+                rows = await conn.fetch(
                     f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE image_id = $1"
                     " AND (created_at, id) < ($2, $3)"
                     " ORDER BY created_at DESC, id DESC LIMIT $4",
@@ -400,12 +414,12 @@ class Store:
         return [_operation(row) for row in rows]
 
     async def image_exists(self, image_id: str) -> bool:
-        with _translate_errors():
-            return bool(await self._pool.fetchval("SELECT 1 FROM images WHERE id = $1", image_id))
+        async with self._connection() as conn:
+            return bool(await conn.fetchval("SELECT 1 FROM images WHERE id = $1", image_id))
 
     async def get_operation(self, operation_id: str) -> Operation | None:
-        with _translate_errors():
-            row = await self._pool.fetchrow(
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
                 f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE id = $1", operation_id
             )
         return None if row is None else _operation(row)
@@ -418,28 +432,27 @@ class Store:
         the middle of an Update holds the operation row, so the cancel waits and then finds
         it done. A running Create's worker sees its claim gone and stops downloading.
         """
-        with _translate_errors():
-            async with self._pool.acquire() as conn:
-                async with conn.transaction():
-                    tx = Transaction(conn)
-                    claimed = await tx.lock_operation(operation_id)
-                    if claimed is not None:
-                        image = await tx.lock_image(claimed.image_id)
-                        if image is not None:
-                            await _undo(tx, claimed, image)
-                        await tx.finish(
-                            operation_id,
-                            error=OperationError(Code.CANCELLED, "Operation cancelled"),
-                        )
-                row = await conn.fetchrow(
-                    f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE id = $1", operation_id
-                )
+        async with self._connection() as conn:
+            async with conn.transaction():
+                tx = Transaction(conn)
+                claimed = await tx.lock_operation(operation_id)
+                if claimed is not None:
+                    image = await tx.lock_image(claimed.image_id)
+                    if image is not None:
+                        await _undo(tx, claimed, image)
+                    await tx.finish(
+                        operation_id,
+                        error=OperationError(Code.CANCELLED, "Operation cancelled"),
+                    )
+            row = await conn.fetchrow(
+                f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE id = $1", operation_id
+            )
         return None if row is None else _operation(row)
 
     async def delete_finished_operations(self, older_than_seconds: float, batch: int) -> int:
         """Remove up to ``batch`` operations finished more than ``older_than_seconds`` ago."""
-        with _translate_errors():
-            status = await self._pool.execute(
+        async with self._connection() as conn:
+            status = await conn.execute(
                 "DELETE FROM operations WHERE id IN (SELECT id FROM operations WHERE done"
                 " AND modified_at < now() - make_interval(secs => $1) LIMIT $2)",
                 older_than_seconds,
@@ -448,8 +461,8 @@ class Store:
         return int(status.split()[-1])
 
     async def delete_expired_idempotency_keys(self, older_than_seconds: float) -> int:
-        with _translate_errors():
-            status = await self._pool.execute(
+        async with self._connection() as conn:
+            status = await conn.execute(
                 "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
                 older_than_seconds,
             )
@@ -460,9 +473,8 @@ class Store:
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """One transaction on one connection; commits when the block ends without error."""
-        with _translate_errors():
-            async with self._pool.acquire() as conn, conn.transaction():
-                yield Transaction(conn)
+        async with self._connection() as conn, conn.transaction():
+            yield Transaction(conn)
 
     async def claim_with_lease(
         self, operation_id: str, lease_seconds: float
@@ -472,8 +484,8 @@ class Store:
         Committed at once, so a long step (a download) runs outside any transaction. ``None``
         when the operation is done or another worker's lease is still running.
         """
-        with _translate_errors():
-            row = await self._pool.fetchrow(
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
                 "UPDATE operations SET attempts = attempts + 1, modified_at = now(),"
                 " lease_until = now() + make_interval(secs => $2)"
                 " WHERE id = $1 AND NOT done AND (lease_until IS NULL OR lease_until < now())"
@@ -485,8 +497,8 @@ class Store:
 
     async def extend_lease(self, claim: ClaimedOperation, lease_seconds: float) -> bool:
         """Keep holding a claimed operation; ``False`` once it is done or claimed again."""
-        with _translate_errors():
-            status = await self._pool.execute(
+        async with self._connection() as conn:
+            status = await conn.execute(
                 "UPDATE operations SET lease_until = now() + make_interval(secs => $3)"
                 " WHERE id = $1 AND attempts = $2 AND NOT done",
                 claim.id,
@@ -497,8 +509,8 @@ class Store:
 
     async def release_lease(self, claim: ClaimedOperation) -> None:
         """Give an operation back at once (a worker shutting down) for its requeued message."""
-        with _translate_errors():
-            await self._pool.execute(
+        async with self._connection() as conn:
+            await conn.execute(
                 "UPDATE operations SET lease_until = NULL"
                 " WHERE id = $1 AND attempts = $2 AND NOT done",
                 claim.id,
@@ -512,8 +524,8 @@ class Store:
         unleased operation published long ago means its message was lost. Both are marked
         unpublished so the relay sends them again.
         """
-        with _translate_errors():
-            rows = await self._pool.fetch(
+        async with self._connection() as conn:
+            rows = await conn.fetch(
                 "UPDATE operations SET published_at = NULL, lease_until = NULL,"
                 " modified_at = now()"
                 " WHERE id IN (SELECT id FROM operations WHERE NOT done AND ("

@@ -13,10 +13,11 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from service.adapters.queue import Broker
-from service.adapters.store import wait_for_database
+from service.adapters.store import Store, wait_for_database
 from service.api.interceptors import RequestInterceptor
 from service.api.servicers import ImageService, OperationService
 from service.app import ImageApp
+from service.domain.errors import ServiceError
 from service.settings import Settings
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
@@ -28,6 +29,40 @@ SERVICE_NAMES = (
     operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"].full_name,
 )
 STARTUP_DEADLINE_SECONDS = 60.0
+BROKER_STARTUP_WAIT_SECONDS = 5.0
+
+
+async def dependencies_ok(store: Store, broker: Broker, timeout: float) -> bool:
+    """Whether the database answers and the broker connection is up."""
+    try:
+        await asyncio.wait_for(store.ping(), timeout)
+    except (ServiceError, TimeoutError):
+        return False
+    return broker.is_healthy()
+
+
+async def _report_health(
+    health: HealthServicer, store: Store, broker: Broker, interval: float
+) -> None:
+    """SERVING while PostgreSQL and RabbitMQ are reachable, NOT_SERVING while one is not.
+
+    Accepted operations are safe either way (the outbox waits for the broker); the status
+    tells load balancers and operators that this instance cannot do its whole job.
+    """
+    last: bool | None = None
+    while True:
+        ok = await dependencies_ok(store, broker, timeout=interval)
+        if ok != last:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", *SERVICE_NAMES):
+                await health.set(name, status)
+            log.log(20 if ok else 30, "health.changed", serving=ok)
+            last = ok
+        await asyncio.sleep(interval)
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -46,11 +81,16 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     broker = Broker(settings.amqp_url, settings.amqp_queue, settings.amqp_delivery_limit)
     broker.start()
+    # Serving before the broker is reached is safe (the outbox holds what cannot be sent),
+    # but a normal start should publish directly: give the connection a moment.
+    with contextlib.suppress(TimeoutError):
+        await broker.wait_connected(BROKER_STARTUP_WAIT_SECONDS)
     app = ImageApp(
         store,
         broker,
         publish_timeout=settings.publish_timeout_seconds,
         cache_size=settings.operation_cache_size,
+        retention_seconds=settings.operation_retention_seconds,
     )
 
     server = grpc.aio.server(interceptors=[RequestInterceptor()])
@@ -70,14 +110,19 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.grpc_listen}")
     await server.start()
-    for name in ("", *SERVICE_NAMES):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    monitor = asyncio.create_task(
+        _report_health(health, store, broker, settings.health_interval_seconds),
+        name="health",
+    )
     log.info("api.started", listen=settings.grpc_listen, port=port)
 
     try:
         await stop.wait()
     finally:
         log.info("api.draining", grace_seconds=settings.grpc_grace_seconds)
+        monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await monitor
         await health.enter_graceful_shutdown()
         await server.stop(settings.grpc_grace_seconds)
         await broker.close()

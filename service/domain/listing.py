@@ -118,6 +118,8 @@ def parse_filter(text: str) -> list[Condition]:
         if match is None or quote is None:
             raise _filter_error(f"expected a quoted value at position {pos}")
         value, pos = _read_quoted(text, match.end(), quote)
+        if "\x00" in value:
+            raise _filter_error("values must not contain NUL characters")
         conditions.append(Condition(field, Operator(operator), value))
         if len(conditions) > MAX_CONDITIONS:
             raise _filter_error(f"must have at most {MAX_CONDITIONS} conditions")
@@ -130,7 +132,7 @@ def parse_filter(text: str) -> list[Condition]:
         pos = match.end()
 
 
-_ORDER = re.compile(r"\s*(?P<field>\w+)(?:\s+(?P<dir>asc|desc))?\s*")
+_ORDER = re.compile(r"\s*(?P<field>\w+)(?:\s+(?P<dir>(?i:asc|desc)))?\s*")
 
 
 def parse_order_by(text: str) -> Ordering:
@@ -147,7 +149,7 @@ def parse_order_by(text: str) -> Ordering:
                 )
             ]
         )
-    return Ordering(match.group("field"), match.group("dir") == "desc")
+    return Ordering(match.group("field"), (match.group("dir") or "").lower() == "desc")
 
 
 def _query_digest(folder_id: str, conditions: list[Condition], ordering: Ordering) -> str:

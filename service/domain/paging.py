@@ -42,6 +42,8 @@ def decode_page_token(token: str, field: str = "page_token") -> dict[str, Any]:
         digest, _, payload = raw.partition(".")
         if digest != _digest(payload.encode()):
             raise invalid
+        if "\\u0000" in payload or "\x00" in payload:
+            raise invalid  # no position holds NUL; the database could not compare it
         position = json.loads(payload)
     except (binascii.Error, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise invalid from exc

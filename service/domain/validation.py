@@ -77,6 +77,8 @@ def check_name(v: Violations, value: str, field: str = "name") -> None:
 def check_description(v: Violations, value: str, field: str = "description") -> None:
     if len(value) > MAX_DESCRIPTION:
         v.add(field, f"must be at most {MAX_DESCRIPTION} characters")
+    elif "\x00" in value:
+        v.add(field, "must not contain NUL characters")
 
 
 def check_uri(v: Violations, value: str, field: str = "uri") -> None:
@@ -126,6 +128,8 @@ def check_operation_id(v: Violations, value: str, field: str = "operation_id") -
         v.add(field, "is required")
     elif len(value) > MAX_OPERATION_ID:
         v.add(field, f"must be at most {MAX_OPERATION_ID} characters")
+    elif not all(33 <= ord(ch) <= 126 for ch in value):
+        v.add(field, "must be printable ASCII without spaces")
 
 
 def page_size(v: Violations, value: int, field: str = "page_size") -> int:

@@ -209,6 +209,13 @@ async def test_cancel_of_a_queued_update_restores_the_image_and_reads_cancelled(
             image_service_pb2.UpdateImageRequest(image_id=image_id, description="never")
         )
         assert (await get_image(images, image_id)).status == image_pb2.Image.UPDATING
+
+        async def queued() -> bool:
+            return bool(
+                await db.fetchval("SELECT published_at FROM operations WHERE id = $1", op.id)
+            )
+
+        await eventually(queued, what="the Update to be in the queue")
         cancelled = await operations.Cancel(
             operation_service_pb2.CancelOperationRequest(operation_id=op.id)
         )

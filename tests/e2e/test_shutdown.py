@@ -37,8 +37,12 @@ async def test_api_sigterm_reports_not_serving_finishes_in_flight_calls_and_exit
     async with grpc.aio.insecure_channel(api.address) as channel:
         images = image_service_pb2_grpc.ImageServiceStub(channel)
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
-        first = await watch.read()
-        assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+        async def serving() -> None:
+            while (await watch.read()).status != health_pb2.HealthCheckResponse.SERVING:
+                pass
+
+        await asyncio.wait_for(serving(), 30)  # once the database and broker are reached
 
         async with db.acquire() as conn, conn.transaction():
             # The Update waits on this row lock: an RPC in flight when SIGTERM arrives.
