@@ -42,13 +42,16 @@ def main() -> None:
     with grpc.insecure_channel(args.target) as channel:
         images = image_service_pb2_grpc.ImageServiceStub(channel)
         ops = operation_service_pb2_grpc.OperationServiceStub(channel)
+        # An idempotency-key makes a retried call (same key, same request) return the
+        # operation the first attempt started instead of starting another.
         op = images.Create(
             image_service_pb2.CreateImageRequest(
                 folder_id=args.folder,
                 name=f"demo-{uuid.uuid4().hex[:8]}",
                 uri=args.uri,
                 labels={"env": "demo"},
-            )
+            ),
+            metadata=(("idempotency-key", str(uuid.uuid4())),),
         )
         print("create operation", op.id)
         image = wait(ops, op)
