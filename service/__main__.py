@@ -14,8 +14,28 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the gRPC API (the default)")
     commands.add_parser("migrate", help="create the database if needed and apply migrations")
+    tokens = commands.add_parser("token", help="create or revoke API tokens").add_subparsers(
+        dest="token_command", required=True
+    )
+    create = tokens.add_parser("create", help="print a new token (alone on the last line)")
+    create.add_argument("--subject", required=True, help="the user or service account ID")
+    create.add_argument(
+        "--folder",
+        action="append",
+        required=True,
+        help="a folder the token may act in (repeat for several; '*' for every folder)",
+    )
+    create.add_argument("--role", required=True, choices=["viewer", "editor"])
+    create.add_argument("--expires-in", type=float, help="lifetime in seconds (default: none)")
+    revoke = tokens.add_parser("revoke", help="revoke a token (by its ID or the whole token)")
+    revoke.add_argument("token")
     args = parser.parse_args()
     settings = Settings()
+    if args.command == "token":
+        logs.configure(settings.log_level, component="token")
+        from service.tokens import run_token_command
+
+        raise SystemExit(asyncio.run(run_token_command(settings, args)))
     if args.command == "migrate":
         logs.configure(settings.log_level, component="migrate")
         from service.adapters.migrations import migrate

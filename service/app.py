@@ -11,6 +11,7 @@ import structlog
 from service.adapters.queue import Broker
 from service.adapters.store import Accepted, Store
 from service.domain import ids
+from service.domain.auth import Principal
 from service.domain.errors import NotFound, ServiceError, image_not_found
 from service.domain.listing import image_query, operation_query
 from service.domain.model import (
@@ -80,6 +81,10 @@ class OperationPage:
     next_page_token: str
 
 
+def _operation_not_found(operation_id: str) -> NotFound:
+    return NotFound(f"Operation {operation_id} not found")
+
+
 def _new_operation(
     kind: OperationKind, image_id: str, folder_id: str, created_by: str
 ) -> Operation:
@@ -115,9 +120,11 @@ class ImageApp:
         self._finished = FinishedOperations(cache_size, retention_seconds)
 
     async def create_image(
-        self, request: NewImage, created_by: str, idempotency: IdempotencyKey | None = None
+        self, request: NewImage, caller: Principal, idempotency: IdempotencyKey | None = None
     ) -> Operation:
+        caller.require_editor()
         validate_new_image(request)
+        caller.require_folder(request.folder_id)
         image = Image(
             id=ids.new_id(ids.IMAGE_PREFIX),
             folder_id=request.folder_id,
@@ -129,7 +136,7 @@ class ImageApp:
             labels=dict(request.labels),
         )
         operation = _new_operation(
-            OperationKind.CREATE_IMAGE, image.id, request.folder_id, created_by
+            OperationKind.CREATE_IMAGE, image.id, request.folder_id, caller.subject
         )
         accepted = await self._store.insert_create(image, operation, request, idempotency)
         return await self._enqueue(accepted)
@@ -138,20 +145,24 @@ class ImageApp:
         self,
         image_id: str,
         change: ImageChange,
-        created_by: str,
+        caller: Principal,
         idempotency: IdempotencyKey | None = None,
     ) -> Operation:
         """Start an Update of a ``READY`` image (``change`` is already validated)."""
-        operation = _new_operation(OperationKind.UPDATE_IMAGE, image_id, "", created_by)
-        accepted = await self._store.begin_update(operation, change, idempotency)
+        caller.require_editor()
+        operation = _new_operation(OperationKind.UPDATE_IMAGE, image_id, "", caller.subject)
+        accepted = await self._store.begin_update(
+            operation, change, idempotency, caller.folder_filter()
+        )
         return await self._enqueue(accepted)
 
     async def delete_image(
-        self, image_id: str, created_by: str, idempotency: IdempotencyKey | None = None
+        self, image_id: str, caller: Principal, idempotency: IdempotencyKey | None = None
     ) -> Operation:
+        caller.require_editor()
         validate_image_id(image_id)
-        operation = _new_operation(OperationKind.DELETE_IMAGE, image_id, "", created_by)
-        accepted = await self._store.begin_delete(operation, idempotency)
+        operation = _new_operation(OperationKind.DELETE_IMAGE, image_id, "", caller.subject)
+        accepted = await self._store.begin_delete(operation, idempotency, caller.folder_filter())
         return await self._enqueue(accepted)
 
     async def _enqueue(self, accepted: Accepted) -> Operation:
@@ -170,20 +181,28 @@ class ImageApp:
                 log.info("operation.accepted", kind=operation.kind.value)
         return operation
 
-    async def get_image(self, image_id: str) -> Image:
+    async def get_image(self, image_id: str, caller: Principal) -> Image:
         validate_image_id(image_id)
         image = await self._store.get_image(image_id)
-        if image is None:
+        # An image in a folder the caller may not see is answered exactly as a missing one.
+        if image is None or not caller.sees(image.folder_id):
             raise image_not_found(image_id)
         return image
 
     async def list_images(
-        self, folder_id: str, size: int, page_token: str, filter_text: str, order_by: str
+        self,
+        folder_id: str,
+        size: int,
+        page_token: str,
+        filter_text: str,
+        order_by: str,
+        caller: Principal,
     ) -> ImagePage:
         v = Violations()
         check_folder_id(v, folder_id)
         limit = page_size(v, size)
         v.raise_if_any()
+        caller.require_folder(folder_id)
         query = image_query(folder_id, filter_text, order_by, limit, page_token)
         images = await self._store.list_images(query, limit + 1)
         next_token = ""
@@ -194,7 +213,9 @@ class ImageApp:
             next_token = query.next_token(sort_key[query.ordering.field], last.id)
         return ImagePage(images=images, next_page_token=next_token)
 
-    async def list_operations(self, image_id: str, size: int, page_token: str) -> OperationPage:
+    async def list_operations(
+        self, image_id: str, size: int, page_token: str, caller: Principal
+    ) -> OperationPage:
         """An image's operations, newest first; readable after the image is deleted."""
         v = Violations()
         check_image_id(v, image_id)
@@ -202,7 +223,15 @@ class ImageApp:
         v.raise_if_any()
         query = operation_query(image_id, limit, page_token)
         operations = await self._store.list_operations(query, limit + 1)
-        if not operations and not page_token and not await self._store.image_exists(image_id):
+        if operations:
+            folder = operations[0].folder_id
+        elif page_token:
+            folder = None  # past the last page: nothing to show, nothing to hide
+        else:
+            folder = await self._store.image_folder(image_id)
+            if folder is None:
+                raise image_not_found(image_id)
+        if folder is not None and not caller.sees(folder):
             raise image_not_found(image_id)
         next_token = ""
         if len(operations) > limit:
@@ -210,22 +239,23 @@ class ImageApp:
             next_token = query.next_token(operations[-1].created_at, operations[-1].id)
         return OperationPage(operations=operations, next_page_token=next_token)
 
-    async def get_operation(self, operation_id: str) -> Operation:
+    async def get_operation(self, operation_id: str, caller: Principal) -> Operation:
         validate_operation_id(operation_id)
-        cached = self._finished.get(operation_id)
-        if cached is not None:
-            return cached
-        operation = await self._store.get_operation(operation_id)
+        operation = self._finished.get(operation_id)
         if operation is None:
-            raise NotFound(f"Operation {operation_id} not found")
-        self._finished.put(operation)
+            operation = await self._store.get_operation(operation_id)
+            if operation is not None:
+                self._finished.put(operation)
+        if operation is None or not caller.sees(operation.folder_id):
+            raise _operation_not_found(operation_id)
         return operation
 
-    async def cancel_operation(self, operation_id: str) -> Operation:
+    async def cancel_operation(self, operation_id: str, caller: Principal) -> Operation:
+        caller.require_editor()
         validate_operation_id(operation_id)
-        operation = await self._store.cancel_operation(operation_id)
+        operation = await self._store.cancel_operation(operation_id, caller.folder_filter())
         if operation is None:
-            raise NotFound(f"Operation {operation_id} not found")
+            raise _operation_not_found(operation_id)
         log.info("operation.cancel_requested", operation_id=operation_id, done=operation.done)
         self._finished.put(operation)
         return operation

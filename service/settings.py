@@ -43,6 +43,24 @@ class Settings(BaseSettings):
         default=100_000, ge=0, description="finished operations kept in API memory"
     )
 
+    # Security and limits
+    tls_cert_file: str = Field(default="", description="PEM certificate; with the key, TLS only")
+    tls_key_file: str = Field(default="", description="PEM private key of the certificate")
+    auth_cache_seconds: float = Field(
+        default=5.0, ge=0, description="a checked token is trusted this long (revocation delay)"
+    )
+    grpc_max_message_bytes: int = Field(default=1024 * 1024, gt=0)
+    grpc_max_concurrent_rpcs: int = Field(default=1000, gt=0)
+    rate_limit_per_second: float = Field(
+        default=500.0, gt=0, description="calls per second per subject (token bucket refill)"
+    )
+    rate_limit_burst: int = Field(default=1000, gt=0, description="token bucket size")
+    max_unfinished_operations_per_folder: int = Field(default=1000, gt=0)
+    download_allowed_networks: str = Field(
+        default="",
+        description="comma-separated CIDRs downloads may reach although private or local",
+    )
+
     # Workers
     worker_concurrency: int = Field(
         default=16, ge=1, description="operations a worker process runs at once (prefetch)"
@@ -94,6 +112,12 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field(default="INFO")
+
+    @model_validator(mode="after")
+    def _tls_needs_both_files(self) -> Settings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        return self
 
     @model_validator(mode="after")
     def _keys_outlive_nothing_they_point_to(self) -> Settings:

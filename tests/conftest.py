@@ -19,6 +19,7 @@ import asyncpg
 import grpc
 import pytest
 
+from tests import support
 from tests.support import ROOT, BlobServer, ServiceProcess, base_env
 from yandex.cloud.baremetal.v1alpha import image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2_grpc
@@ -155,7 +156,19 @@ def processes(logs_dir: Path) -> Iterator[Processes]:
 
 
 @pytest.fixture(scope="session")
-async def api(session_processes: Processes, stack_env: dict[str, str]) -> ServiceProcess:
+def admin_token(database_url: str) -> str:
+    """An editor token for every folder, made with ``python -m service token create``."""
+    token = support.create_token(
+        database_url, "--subject", "test-admin", "--folder", "*", "--role", "editor"
+    )
+    support.ADMIN_TOKEN = token
+    return token
+
+
+@pytest.fixture(scope="session")
+async def api(
+    session_processes: Processes, stack_env: dict[str, str], admin_token: str
+) -> ServiceProcess:
     return await session_processes.start("service", stack_env, "api")
 
 
@@ -168,7 +181,7 @@ async def workers(session_processes: Processes, stack_env: dict[str, str]) -> li
 async def channel(
     api: ServiceProcess, workers: list[ServiceProcess]
 ) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(api.address) as ch:
+    async with support.connect(api.address) as ch:
         yield ch
 
 
@@ -191,7 +204,7 @@ async def blobs() -> AsyncIterator[BlobServer]:
 
 @pytest.fixture
 def own_stack_env(
-    stack_env: dict[str, str], queue_names: Callable[[str], str]
+    stack_env: dict[str, str], queue_names: Callable[[str], str], admin_token: str
 ) -> Callable[..., dict[str, str]]:
     """Environment for a test's private API and workers: the run's database, a queue of its own."""
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -377,3 +378,39 @@ async def backend_waiting_on_lock(db: Any, table: str) -> bool:
         f"%{table}%",
     )
     return bool(count)
+
+
+# Set once per test run by the session fixture ``admin_token``: an editor of every folder.
+ADMIN_TOKEN: str | None = None
+
+
+class BearerAuth(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds ``authorization: Bearer <token>`` to every unary call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._header]
+        details = details._replace(metadata=metadata)
+        return await continuation(details, request)
+
+
+def connect(address: str, token: str | None = None) -> grpc.aio.Channel:
+    """A channel to the API whose calls carry ``token`` (by default the run's admin token)."""
+    token = token or ADMIN_TOKEN
+    assert token, "no token: request the admin_token fixture"
+    return grpc.aio.insecure_channel(address, interceptors=[BearerAuth(token)])
+
+
+def create_token(database_url: str, *args: str) -> str:
+    """``python -m service token create ARGS`` against a database; returns the token."""
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "token", "create", *args],
+        cwd=ROOT,
+        env=base_env(DATABASE_URL=database_url),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return result.stdout.strip().splitlines()[-1]

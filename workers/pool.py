@@ -131,13 +131,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    store = await wait_for_database(
-        str(settings.database_url),
-        min_size=settings.db_pool_min,
-        max_size=settings.db_pool_max,
-        command_timeout=settings.db_command_timeout_seconds,
-        deadline=STARTUP_DEADLINE_SECONDS,
-    )
+    store = await wait_for_database(settings, deadline=STARTUP_DEADLINE_SECONDS)
     broker = Broker(settings.amqp_url, settings.amqp_queue, settings.amqp_delivery_limit)
     broker.start()
     await broker.wait_connected(STARTUP_DEADLINE_SECONDS)

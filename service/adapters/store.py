@@ -18,12 +18,14 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from service.domain.auth import Role, StoredToken
 from service.domain.errors import (
     AlreadyExists,
     Code,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    ResourceExhausted,
     Unavailable,
     image_name_taken,
     image_not_found,
@@ -40,6 +42,7 @@ from service.domain.model import (
     OperationKind,
 )
 from service.domain.rules import ensure_deletable, ensure_updatable
+from service.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -159,13 +162,25 @@ RETURNING created_at
 class Store:
     """Queries of the API and the workers over one connection pool."""
 
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        acquire_timeout: float = 30.0,
+        max_unfinished_per_folder: int = 1000,
+    ) -> None:
         self._pool = pool
         self._acquire_timeout = acquire_timeout
+        self.max_unfinished_per_folder = max_unfinished_per_folder
 
     @classmethod
     async def connect(
-        cls, dsn: str, *, min_size: int, max_size: int, command_timeout: float
+        cls,
+        dsn: str,
+        *,
+        min_size: int,
+        max_size: int,
+        command_timeout: float,
+        max_unfinished_per_folder: int = 1000,
     ) -> Store:
         with _translate_errors():
             pool = await asyncpg.create_pool(
@@ -182,7 +197,11 @@ class Store:
                     "idle_in_transaction_session_timeout": "60000",
                 },
             )
-        return cls(pool, acquire_timeout=command_timeout)
+        return cls(
+            pool,
+            acquire_timeout=command_timeout,
+            max_unfinished_per_folder=max_unfinished_per_folder,
+        )
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[Connection]:
@@ -237,9 +256,30 @@ class Store:
             raise Unavailable("the operation of this idempotency key was removed; retry")
         return Accepted(_operation(row), replayed=True)
 
+    async def _check_quota(self, conn: Connection, folder_id: str) -> None:
+        """At most ``max_unfinished_per_folder`` unfinished operations per folder.
+
+        Checked in the accepting transaction; calls racing in one folder can pass it
+        together, so the limit may be exceeded by as many calls as race.
+        """
+        unfinished = await conn.fetchval(
+            "SELECT count(*) FROM operations WHERE folder_id = $1 AND NOT done", folder_id
+        )
+        if unfinished >= self.max_unfinished_per_folder:
+            raise ResourceExhausted(
+                f"Too many unfinished operations in folder {folder_id}",
+                quota=[
+                    FieldViolation(
+                        f"folder:{folder_id}",
+                        f"at most {self.max_unfinished_per_folder} unfinished operations",
+                    )
+                ],
+            )
+
     async def _insert_create(
         self, conn: Connection, image: Image, operation: Operation, request: NewImage
     ) -> Operation:
+        await self._check_quota(conn, image.folder_id)
         try:
             await conn.execute(
                 "INSERT INTO images (id, folder_id, name, description, status, labels,"
@@ -261,31 +301,43 @@ class Store:
         operation: Operation,
         change: ImageChange,
         idempotency: IdempotencyKey | None = None,
+        folders: list[str] | None = None,
     ) -> Accepted:
-        """Move the image ``READY -> UPDATING`` and record the Update, in one transaction."""
+        """Move the image ``READY -> UPDATING`` and record the Update, in one transaction.
+
+        ``folders`` limits which images the caller may see (``None``: all); any other image
+        is "not found", exactly as one that does not exist.
+        """
 
         async def begin(conn: Connection) -> Operation:
-            return await self._begin_update(conn, operation, change)
+            return await self._begin_update(conn, operation, change, folders)
 
         return await self._accept(idempotency, operation.id, begin)
 
     async def _begin_update(
-        self, conn: Connection, operation: Operation, change: ImageChange
+        self,
+        conn: Connection,
+        operation: Operation,
+        change: ImageChange,
+        folders: list[str] | None,
     ) -> Operation:
         folder_id = await conn.fetchval(
-            "UPDATE images SET status = $2 WHERE id = $1 AND status = $3 RETURNING folder_id",
+            "UPDATE images SET status = $2 WHERE id = $1 AND status = $3"
+            " AND ($4::text[] IS NULL OR folder_id = ANY($4)) RETURNING folder_id",
             operation.image_id,
             int(ImageStatus.UPDATING),
             int(ImageStatus.READY),
+            folders,
         )
         if folder_id is None:
-            status = await conn.fetchval(
-                "SELECT status FROM images WHERE id = $1", operation.image_id
+            row = await conn.fetchrow(
+                "SELECT status, folder_id FROM images WHERE id = $1", operation.image_id
             )
-            if status is None:
+            if row is None or (folders is not None and row["folder_id"] not in folders):
                 raise image_not_found(operation.image_id)
-            ensure_updatable(operation.image_id, ImageStatus(status))
+            ensure_updatable(operation.image_id, ImageStatus(row["status"]))
             raise FailedPrecondition(f"Image {operation.image_id} is not READY")
+        await self._check_quota(conn, folder_id)
         if change.name is not None:
             taken = await conn.fetchval(
                 "SELECT 1 FROM images WHERE folder_id = $1 AND name = $2 AND id <> $3",
@@ -300,7 +352,10 @@ class Store:
         )
 
     async def begin_delete(
-        self, operation: Operation, idempotency: IdempotencyKey | None = None
+        self,
+        operation: Operation,
+        idempotency: IdempotencyKey | None = None,
+        folders: list[str] | None = None,
     ) -> Accepted:
         """Move the image to ``DELETING`` and record the Delete, in one transaction."""
 
@@ -309,10 +364,11 @@ class Store:
                 "SELECT folder_id, status FROM images WHERE id = $1 FOR NO KEY UPDATE",
                 operation.image_id,
             )
-            if row is None:
+            if row is None or (folders is not None and row["folder_id"] not in folders):
                 raise image_not_found(operation.image_id)
             status = ImageStatus(row["status"])
             ensure_deletable(operation.image_id, status)
+            await self._check_quota(conn, row["folder_id"])
             await conn.execute(
                 "UPDATE images SET status = $2 WHERE id = $1",
                 operation.image_id,
@@ -413,9 +469,13 @@ class Store:
                 )
         return [_operation(row) for row in rows]
 
-    async def image_exists(self, image_id: str) -> bool:
+    async def image_folder(self, image_id: str) -> str | None:
+        """The folder of an existing image, ``None`` if there is no such image."""
         async with self._connection() as conn:
-            return bool(await conn.fetchval("SELECT 1 FROM images WHERE id = $1", image_id))
+            folder: str | None = await conn.fetchval(
+                "SELECT folder_id FROM images WHERE id = $1", image_id
+            )
+        return folder
 
     async def get_operation(self, operation_id: str) -> Operation | None:
         async with self._connection() as conn:
@@ -424,7 +484,9 @@ class Store:
             )
         return None if row is None else _operation(row)
 
-    async def cancel_operation(self, operation_id: str) -> Operation | None:
+    async def cancel_operation(
+        self, operation_id: str, folders: list[str] | None = None
+    ) -> Operation | None:
         """Finish an unfinished operation with ``CANCELLED`` and undo what it started.
 
         A Create's image is removed; an Update's image is ``READY`` again; a Delete's image
@@ -434,6 +496,14 @@ class Store:
         """
         async with self._connection() as conn:
             async with conn.transaction():
+                visible = await conn.fetchval(
+                    "SELECT 1 FROM operations WHERE id = $1"
+                    " AND ($2::text[] IS NULL OR folder_id = ANY($2))",
+                    operation_id,
+                    folders,
+                )
+                if not visible:
+                    return None
                 tx = Transaction(conn)
                 claimed = await tx.lock_operation(operation_id)
                 if claimed is not None:
@@ -448,6 +518,48 @@ class Store:
                 f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE id = $1", operation_id
             )
         return None if row is None else _operation(row)
+
+    # --- tokens -------------------------------------------------------------------------
+
+    async def insert_token(self, token: StoredToken) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO api_tokens (id, subject, role, folders, secret_hash, expires_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                token.id,
+                token.subject,
+                token.role.value,
+                sorted(token.folders),
+                token.secret_hash,
+                token.expires_at,
+            )
+
+    async def revoke_token(self, token_id: str) -> bool:
+        async with self._connection() as conn:
+            status = await conn.execute(
+                "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+                token_id,
+            )
+        return status.endswith(" 1")
+
+    async def find_token(self, token_id: str) -> StoredToken | None:
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT id, subject, role, folders, secret_hash, expires_at, revoked_at"
+                " FROM api_tokens WHERE id = $1",
+                token_id,
+            )
+        if row is None:
+            return None
+        return StoredToken(
+            id=row["id"],
+            subject=row["subject"],
+            role=Role(row["role"]),
+            folders=frozenset(row["folders"]),
+            secret_hash=bytes(row["secret_hash"]),
+            expires_at=row["expires_at"],
+            revoked_at=row["revoked_at"],
+        )
 
     async def delete_finished_operations(self, older_than_seconds: float, batch: int) -> int:
         """Remove up to ``batch`` operations finished more than ``older_than_seconds`` ago."""
@@ -687,9 +799,7 @@ class Transaction:
         )
 
 
-async def wait_for_database(
-    dsn: str, *, min_size: int, max_size: int, command_timeout: float, deadline: float
-) -> Store:
+async def wait_for_database(settings: Settings, deadline: float) -> Store:
     """Connect, retrying while the database is unreachable, until ``deadline`` seconds pass."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + deadline
@@ -697,7 +807,11 @@ async def wait_for_database(
     while True:
         try:
             return await Store.connect(
-                dsn, min_size=min_size, max_size=max_size, command_timeout=command_timeout
+                str(settings.database_url),
+                min_size=settings.db_pool_min,
+                max_size=settings.db_pool_max,
+                command_timeout=settings.db_command_timeout_seconds,
+                max_unfinished_per_folder=settings.max_unfinished_operations_per_folder,
             )
         except Unavailable as exc:
             if loop.time() + delay > give_up:

@@ -7,25 +7,38 @@ its traceback and answered ``INTERNAL`` without internals.
 
 from __future__ import annotations
 
+import contextvars
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, cast
 
 import grpc
 import structlog
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service.domain.errors import InvalidArgument, ServiceError
+from service.authn import Authenticator
+from service.domain.auth import Principal
+from service.domain.errors import InvalidArgument, ResourceExhausted, ServiceError
+from service.domain.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
 
+_CALLER: contextvars.ContextVar[Principal] = contextvars.ContextVar("caller")
+
+
+def caller() -> Principal:
+    """The authenticated caller of the RPC being served."""
+    return _CALLER.get()
+
+
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
-# Health checks and reflection are infrastructure: not logged per call.
-_QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+# Health checks and reflection are infrastructure: open to all, not logged per call.
+_PUBLIC_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 
 def _pack(message: Any) -> any_pb2.Any:
@@ -50,19 +63,42 @@ def error_status(exc: ServiceError, request_id: str) -> status_pb2.Status:
                 )
             )
         )
+    if isinstance(exc, ResourceExhausted):
+        if exc.retry_after is not None:
+            delay = duration_pb2.Duration()
+            delay.FromTimedelta(timedelta(seconds=max(exc.retry_after, 0.001)))
+            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+        if exc.quota:
+            details.append(
+                _pack(
+                    error_details_pb2.QuotaFailure(
+                        violations=[
+                            error_details_pb2.QuotaFailure.Violation(
+                                subject=v.field, description=v.description
+                            )
+                            for v in exc.quota
+                        ]
+                    )
+                )
+            )
     details.append(_pack(error_details_pb2.RequestInfo(request_id=request_id)))
     return status_pb2.Status(code=int(exc.code), message=exc.message, details=details)
 
 
-def _first(metadata: Any, key: str) -> str:
+def _first(metadata: Any, key: str, limit: int = 128) -> str:
     for item_key, value in metadata or ():
         if item_key == key:
-            return str(value)[:128]
+            return str(value)[:limit]
     return ""
 
 
 class RequestInterceptor(grpc.aio.ServerInterceptor):
-    """Binds a request ID to the call's logs and response metadata, and maps errors."""
+    """Per call: a request ID in logs and response metadata, authentication, the rate limit,
+    and the mapping of errors to rich statuses."""
+
+    def __init__(self, authenticator: Authenticator, limiter: RateLimiter) -> None:
+        self._authenticator = authenticator
+        self._limiter = limiter
 
     async def intercept_service(
         self,
@@ -73,18 +109,28 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(_QUIET_PREFIXES):
+        if handler is None or handler.unary_unary is None or method.startswith(_PUBLIC_PREFIXES):
             return handler
         metadata = handler_call_details.invocation_metadata
         behavior = cast(Behavior, handler.unary_unary)
         return grpc.unary_unary_rpc_method_handler(
-            _wrap(behavior, method, metadata),
+            _wrap(behavior, method, metadata, self._admit),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
+    async def _admit(self, metadata: Any) -> Principal:
+        principal = await self._authenticator.authenticate(_first(metadata, "authorization", 4096))
+        self._limiter.acquire(principal.subject)
+        return principal
 
-def _wrap(behavior: Behavior, method: str, metadata: Any) -> Behavior:
+
+def _wrap(
+    behavior: Behavior,
+    method: str,
+    metadata: Any,
+    admit: Callable[[Any], Awaitable[Principal]],
+) -> Behavior:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         request_id = str(uuid.uuid4())
         client_request_id = _first(metadata, "x-client-request-id")
@@ -98,6 +144,9 @@ def _wrap(behavior: Behavior, method: str, metadata: Any) -> Behavior:
             )
             code = "OK"
             try:
+                principal = await admit(metadata)
+                structlog.contextvars.bind_contextvars(subject=principal.subject)
+                _CALLER.set(principal)
                 return await behavior(request, context)
             except ServiceError as exc:
                 code = exc.code.name

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 
 import grpc
 import structlog
@@ -17,7 +18,9 @@ from service.adapters.store import Store, wait_for_database
 from service.api.interceptors import RequestInterceptor
 from service.api.servicers import ImageService, OperationService
 from service.app import ImageApp
+from service.authn import Authenticator
 from service.domain.errors import ServiceError
+from service.domain.ratelimit import RateLimiter
 from service.settings import Settings
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
@@ -30,6 +33,21 @@ SERVICE_NAMES = (
 )
 STARTUP_DEADLINE_SECONDS = 60.0
 BROKER_STARTUP_WAIT_SECONDS = 5.0
+
+
+def _listen(server: grpc.aio.Server, settings: Settings) -> int:
+    """Bind the port: TLS only when a certificate is configured, else plaintext."""
+    if settings.tls_cert_file:
+        credentials = grpc.ssl_server_credentials(
+            [
+                (
+                    Path(settings.tls_key_file).read_bytes(),
+                    Path(settings.tls_cert_file).read_bytes(),
+                )
+            ]
+        )
+        return server.add_secure_port(settings.grpc_listen, credentials)
+    return server.add_insecure_port(settings.grpc_listen)
 
 
 async def dependencies_ok(store: Store, broker: Broker, timeout: float) -> bool:
@@ -72,13 +90,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    store = await wait_for_database(
-        str(settings.database_url),
-        min_size=settings.db_pool_min,
-        max_size=settings.db_pool_max,
-        command_timeout=settings.db_command_timeout_seconds,
-        deadline=STARTUP_DEADLINE_SECONDS,
-    )
+    store = await wait_for_database(settings, deadline=STARTUP_DEADLINE_SECONDS)
     broker = Broker(settings.amqp_url, settings.amqp_queue, settings.amqp_delivery_limit)
     broker.start()
     # Serving before the broker is reached is safe (the outbox holds what cannot be sent),
@@ -93,7 +105,18 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         retention_seconds=settings.operation_retention_seconds,
     )
 
-    server = grpc.aio.server(interceptors=[RequestInterceptor()])
+    interceptor = RequestInterceptor(
+        Authenticator(store, settings.auth_cache_seconds),
+        RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+    )
+    server = grpc.aio.server(
+        interceptors=[interceptor],
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+        options=[
+            ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
+        ],
+    )
     image_service_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(app), server)
     operation_service_pb2_grpc.add_OperationServiceServicer_to_server(OperationService(app), server)
     health = HealthServicer()
@@ -106,7 +129,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         ),
         server,
     )
-    port = server.add_insecure_port(settings.grpc_listen)
+    port = _listen(server, settings)
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.grpc_listen}")
     await server.start()
@@ -114,7 +137,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         _report_health(health, store, broker, settings.health_interval_seconds),
         name="health",
     )
-    log.info("api.started", listen=settings.grpc_listen, port=port)
+    log.info(
+        "api.started", listen=settings.grpc_listen, port=port, tls=bool(settings.tls_cert_file)
+    )
 
     try:
         await stop.wait()

@@ -8,6 +8,7 @@ import grpc
 from google.protobuf.message import Message
 
 from service.api.convert import image_to_proto, operation_to_proto
+from service.api.interceptors import caller
 from service.app import ImageApp
 from service.domain.model import IdempotencyKey, NewImage
 from service.domain.validation import resolve_update, validate_idempotency_key
@@ -16,8 +17,6 @@ from yandex.cloud.operation import operation_pb2, operation_service_pb2, operati
 
 Context = grpc.aio.ServicerContext[object, object]
 
-# Until authentication lands, operations are started by an anonymous caller.
-ANONYMOUS = ""
 IDEMPOTENCY_HEADER = "idempotency-key"
 
 
@@ -29,7 +28,8 @@ def idempotency_key(context: Context, method: str, request: Message) -> Idempote
             validate_idempotency_key(text)
             digest = hashlib.sha256(method.encode())
             digest.update(request.SerializeToString(deterministic=True))
-            return IdempotencyKey(caller=ANONYMOUS, key=text, fingerprint=digest.hexdigest())
+            # Keys are the caller's own: another caller's identical key is another key.
+            return IdempotencyKey(caller=caller().subject, key=text, fingerprint=digest.hexdigest())
     return None
 
 
@@ -40,7 +40,7 @@ class ImageService(image_service_pb2_grpc.ImageServiceServicer):
     async def Get(
         self, request: image_service_pb2.GetImageRequest, context: Context
     ) -> image_pb2.Image:
-        return image_to_proto(await self._app.get_image(request.image_id))
+        return image_to_proto(await self._app.get_image(request.image_id, caller()))
 
     async def List(
         self, request: image_service_pb2.ListImagesRequest, context: Context
@@ -51,6 +51,7 @@ class ImageService(image_service_pb2_grpc.ImageServiceServicer):
             request.page_token,
             request.filter,
             request.order_by,
+            caller(),
         )
         return image_service_pb2.ListImagesResponse(
             images=[image_to_proto(image) for image in page.images],
@@ -68,7 +69,7 @@ class ImageService(image_service_pb2_grpc.ImageServiceServicer):
             labels=dict(request.labels),
         )
         key = idempotency_key(context, "Create", request)
-        return operation_to_proto(await self._app.create_image(new, ANONYMOUS, key))
+        return operation_to_proto(await self._app.create_image(new, caller(), key))
 
     async def Update(
         self, request: image_service_pb2.UpdateImageRequest, context: Context
@@ -83,20 +84,20 @@ class ImageService(image_service_pb2_grpc.ImageServiceServicer):
             dict(request.labels),
         )
         key = idempotency_key(context, "Update", request)
-        operation = await self._app.update_image(request.image_id, change, ANONYMOUS, key)
+        operation = await self._app.update_image(request.image_id, change, caller(), key)
         return operation_to_proto(operation)
 
     async def Delete(
         self, request: image_service_pb2.DeleteImageRequest, context: Context
     ) -> operation_pb2.Operation:
         key = idempotency_key(context, "Delete", request)
-        return operation_to_proto(await self._app.delete_image(request.image_id, ANONYMOUS, key))
+        return operation_to_proto(await self._app.delete_image(request.image_id, caller(), key))
 
     async def ListOperations(
         self, request: image_service_pb2.ListImageOperationsRequest, context: Context
     ) -> image_service_pb2.ListImageOperationsResponse:
         page = await self._app.list_operations(
-            request.image_id, request.page_size, request.page_token
+            request.image_id, request.page_size, request.page_token, caller()
         )
         return image_service_pb2.ListImageOperationsResponse(
             operations=[operation_to_proto(op) for op in page.operations],
@@ -111,9 +112,9 @@ class OperationService(operation_service_pb2_grpc.OperationServiceServicer):
     async def Get(
         self, request: operation_service_pb2.GetOperationRequest, context: Context
     ) -> operation_pb2.Operation:
-        return operation_to_proto(await self._app.get_operation(request.operation_id))
+        return operation_to_proto(await self._app.get_operation(request.operation_id, caller()))
 
     async def Cancel(
         self, request: operation_service_pb2.CancelOperationRequest, context: Context
     ) -> operation_pb2.Operation:
-        return operation_to_proto(await self._app.cancel_operation(request.operation_id))
+        return operation_to_proto(await self._app.cancel_operation(request.operation_id, caller()))

@@ -72,6 +72,33 @@ class FailedPrecondition(ServiceError):
     code = Code.FAILED_PRECONDITION
 
 
+class Unauthenticated(ServiceError):
+    code = Code.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    code = Code.PERMISSION_DENIED
+
+
+class ResourceExhausted(ServiceError):
+    """A limit was reached: ``retry_after`` (seconds) for rates, ``quota`` for quotas."""
+
+    code = Code.RESOURCE_EXHAUSTED
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        quota: list[FieldViolation] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        # (subject, description) pairs: google.rpc.QuotaFailure violations on the wire.
+        self.quota = quota or []
+
+
 class Unimplemented(ServiceError):
     code = Code.UNIMPLEMENTED
 

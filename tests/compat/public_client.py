@@ -136,8 +136,15 @@ def check(condition: bool, message: str) -> None:
         raise CheckFailed(message)
 
 
+# The bearer token the SDK's credentials would put on every call (set by --token).
+TOKEN = ""
+
+
 def metadata() -> list[tuple[str, str]]:
-    return [("x-client-request-id", str(uuid.uuid4()))]
+    items = [("x-client-request-id", str(uuid.uuid4()))]
+    if TOKEN:
+        items.append(("authorization", f"Bearer {TOKEN}"))
+    return items
 
 
 def wait_done(operations: Any, operation_id: str) -> Any:
@@ -320,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", help="folder ID to create the image in")
     parser.add_argument("--uri", help="URL the workers download the image from")
     parser.add_argument("--dump-descriptors", action="store_true")
+    parser.add_argument("--token", default="", help="bearer token sent on every call")
     args = parser.parse_args(argv)
+    global TOKEN
+    TOKEN = args.token
 
     if args.dump_descriptors:
         print(json.dumps(describe_files(public_file_descriptors()), indent=1, sort_keys=True))

@@ -112,6 +112,7 @@ async def test_public_sdk_stubs_run_the_whole_flow(
     api: ServiceProcess,
     workers: list[ServiceProcess],
     blobs: BlobServer,
+    admin_token: str,
 ) -> None:
     size = 1024 * 1024 + 3
     folder_id = folder()
@@ -125,6 +126,8 @@ async def test_public_sdk_stubs_run_the_whole_flow(
         folder_id,
         "--uri",
         blobs.url(f"/blob/{size}"),
+        "--token",
+        admin_token,
         timeout=120,
     )
     assert code == 0, f"public client exited with {code}\nstdout:\n{out}\nstderr:\n{err}"

@@ -16,7 +16,7 @@ from tests.e2e.client import (
     violated_fields,
     wait_done,
 )
-from tests.support import eventually
+from tests.support import connect, eventually
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
 
@@ -202,7 +202,7 @@ async def test_cancel_of_a_queued_update_restores_the_image_and_reads_cancelled(
 ):
     env, api = await stack_without_workers(processes, own_stack_env)
     image_id, _ = await insert_image(db)
-    async with grpc.aio.insecure_channel(api.address) as channel:
+    async with connect(api.address) as channel:
         images = image_service_pb2_grpc.ImageServiceStub(channel)
         operations = operation_service_pb2_grpc.OperationServiceStub(channel)
         op = await images.Update(
@@ -241,7 +241,7 @@ async def test_cancel_of_a_queued_update_restores_the_image_and_reads_cancelled(
 async def test_cancel_of_a_queued_create_leaves_no_image(processes, own_stack_env, blobs):
     _, api = await stack_without_workers(processes, own_stack_env)
     folder_id, name = folder(), unique("img")
-    async with grpc.aio.insecure_channel(api.address) as channel:
+    async with connect(api.address) as channel:
         images = image_service_pb2_grpc.ImageServiceStub(channel)
         operations = operation_service_pb2_grpc.OperationServiceStub(channel)
         request = image_service_pb2.CreateImageRequest(
@@ -261,7 +261,7 @@ async def test_cancel_of_a_queued_create_leaves_no_image(processes, own_stack_en
 async def test_cancel_of_a_queued_delete_restores_the_status(processes, own_stack_env, db):
     _, api = await stack_without_workers(processes, own_stack_env)
     image_id, _ = await insert_image(db, status=image_pb2.Image.ERROR)
-    async with grpc.aio.insecure_channel(api.address) as channel:
+    async with connect(api.address) as channel:
         images = image_service_pb2_grpc.ImageServiceStub(channel)
         operations = operation_service_pb2_grpc.OperationServiceStub(channel)
         op = await images.Delete(image_service_pb2.DeleteImageRequest(image_id=image_id))

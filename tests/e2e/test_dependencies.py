@@ -17,7 +17,7 @@ from service.adapters.queue import queue_arguments
 from service.domain.ids import OPERATION_PREFIX, new_id
 from tests.conftest import AMQP_URL
 from tests.e2e.client import create_ready_image, folder, response_image, unique, wait_done
-from tests.support import TcpProxy, eventually
+from tests.support import TcpProxy, connect, eventually
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2_grpc
 
@@ -54,7 +54,7 @@ async def test_api_health_follows_its_dependencies_and_serving_resumes(
         env["AMQP_URL"] = proxied(AMQP_URL, broker)
         api = await processes.start("service", env, "api-deps")
         await processes.start("workers", env, "worker-deps")
-        async with grpc.aio.insecure_channel(api.address) as channel:
+        async with connect(api.address) as channel:
             images = image_service_pb2_grpc.ImageServiceStub(channel)
             operations = operation_service_pb2_grpc.OperationServiceStub(channel)
 
@@ -100,7 +100,7 @@ async def test_updates_accepted_while_workers_lose_the_database_finish_once_it_i
             return await asyncio.to_thread(health_file.exists)
 
         await eventually(healthy, what="the worker health file")
-        async with grpc.aio.insecure_channel(api.address) as channel:
+        async with connect(api.address) as channel:
             images = image_service_pb2_grpc.ImageServiceStub(channel)
             operations = operation_service_pb2_grpc.OperationServiceStub(channel)
             ready = [
@@ -149,7 +149,7 @@ async def test_a_consumer_cancelled_by_the_broker_subscribes_again(processes, ow
         await channel.declare_queue(
             queue, durable=True, arguments=queue_arguments(queue, delivery_limit=5)
         )
-    async with grpc.aio.insecure_channel(api.address) as grpc_channel:
+    async with connect(api.address) as grpc_channel:
         images = image_service_pb2_grpc.ImageServiceStub(grpc_channel)
         operations = operation_service_pb2_grpc.OperationServiceStub(grpc_channel)
         op = await images.Create(

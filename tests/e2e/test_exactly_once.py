@@ -16,7 +16,7 @@ from tests.e2e.client import (
     unique,
     wait_done,
 )
-from tests.support import backend_waiting_on_lock, blob, eventually
+from tests.support import backend_waiting_on_lock, blob, connect, eventually
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2
 
 
@@ -87,11 +87,10 @@ async def test_a_worker_killed_in_the_middle_of_an_update_does_not_lose_or_repea
     env = own_stack_env(WORKER_CONCURRENCY="1")
     api = await processes.start("service", env, "api-kill-update")
     doomed = await processes.start("workers", env, "worker-doomed")
-    import grpc
 
     from yandex.cloud.operation import operation_service_pb2_grpc
 
-    async with grpc.aio.insecure_channel(api.address) as channel:
+    async with connect(api.address) as channel:
         images = image_service_pb2_grpc_stub(channel)
         operations = operation_service_pb2_grpc.OperationServiceStub(channel)
         image = await create_ready_image(images, operations, blobs.url("/blob/8"), folder())
@@ -121,14 +120,13 @@ async def test_a_worker_killed_in_the_middle_of_a_download_is_replaced_and_the_c
     env = own_stack_env(WORKER_CONCURRENCY="2", LEASE_SECONDS="2")
     api = await processes.start("service", env, "api-kill-create")
     doomed = await processes.start("workers", env, "worker-doomed-create")
-    import grpc
 
     from yandex.cloud.operation import operation_service_pb2_grpc
 
     size = 2 * 1024 * 1024
     blobs.gate.clear()
     requests_before = blobs.gated_requests
-    async with grpc.aio.insecure_channel(api.address) as channel:
+    async with connect(api.address) as channel:
         images = image_service_pb2_grpc_stub(channel)
         operations = operation_service_pb2_grpc.OperationServiceStub(channel)
         created = await images.Create(

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
-
 from tests.conftest import AMQP_URL
 from tests.e2e.client import create_ready_image, folder, response_image, wait_done
-from tests.support import TcpProxy, eventually
+from tests.support import TcpProxy, connect, eventually
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2_grpc
 
@@ -23,7 +21,7 @@ async def test_updates_accepted_while_the_broker_is_unreachable_finish_when_it_i
         env = own_stack_env(AMQP_URL=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
         api = await processes.start("service", env, "api-outbox")
         await processes.start("workers", env, "worker-outbox")
-        async with grpc.aio.insecure_channel(api.address) as channel:
+        async with connect(api.address) as channel:
             images = image_service_pb2_grpc.ImageServiceStub(channel)
             operations = operation_service_pb2_grpc.OperationServiceStub(channel)
             folder_id = folder()

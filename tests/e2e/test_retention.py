@@ -14,7 +14,7 @@ import pytest
 from service.domain import ids
 from service.settings import Settings
 from tests.e2e.client import create_ready_image, folder, rpc_error, unique
-from tests.support import eventually
+from tests.support import connect, eventually
 from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
 
 DAY = 86400
@@ -203,7 +203,7 @@ async def test_a_removed_operation_is_not_found_through_the_api(
         return not await db.fetchval("SELECT 1 FROM operations WHERE id = $1", op_id)
 
     await eventually(removed, what="the operation to be removed")
-    async with grpc.aio.insecure_channel(fresh_api.address) as channel:
+    async with connect(fresh_api.address) as channel:
         fresh = operation_service_pb2_grpc.OperationServiceStub(channel)
         error = await rpc_error(fresh.Get(request))
         assert error.code() == grpc.StatusCode.NOT_FOUND

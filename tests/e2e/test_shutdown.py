@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import signal
 
-import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.e2e.client import folder, unique, wait_done
-from tests.support import TcpProxy, backend_waiting_on_lock, eventually
+from tests.support import TcpProxy, backend_waiting_on_lock, connect, eventually
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2_grpc
 
@@ -34,7 +33,7 @@ async def test_api_sigterm_reports_not_serving_finishes_in_flight_calls_and_exit
 ):
     api = await processes.start("service", own_stack_env(GRPC_GRACE_SECONDS="20"), "api-drain")
     image_id = await insert_ready_image(db)
-    async with grpc.aio.insecure_channel(api.address) as channel:
+    async with connect(api.address) as channel:
         images = image_service_pb2_grpc.ImageServiceStub(channel)
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
 
@@ -74,7 +73,7 @@ async def test_worker_sigterm_finishes_the_operation_in_flight_and_exits_0(
     worker = await processes.start("workers", env, "worker-drain")
     blobs.gate.clear()
     before = blobs.gated_requests
-    async with grpc.aio.insecure_channel(api.address) as channel:
+    async with connect(api.address) as channel:
         images = image_service_pb2_grpc.ImageServiceStub(channel)
         operations = operation_service_pb2_grpc.OperationServiceStub(channel)
         created = await images.Create(

@@ -35,7 +35,16 @@ import grpc
 import pytest
 
 from tests.faults.cluster import PrivatePostgres, PrivateRabbit, free_port, new_base_dir
-from tests.support import ROOT, BlobServer, ServiceProcess, base_env, blob, eventually
+from tests.support import (
+    ROOT,
+    BlobServer,
+    ServiceProcess,
+    base_env,
+    blob,
+    connect,
+    create_token,
+    eventually,
+)
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
 
@@ -132,8 +141,11 @@ def migrate(url: str) -> None:
 class Client:
     """One SDK-like client: creates images in its folder and updates the ready ones."""
 
-    def __init__(self, number: int, address: str, blobs: BlobServer, ledger: Ledger) -> None:
+    def __init__(
+        self, number: int, address: str, token: str, blobs: BlobServer, ledger: Ledger
+    ) -> None:
         self.number = number
+        self.token = token
         self.folder = f"faults-{number}"
         self.address = address
         self.blobs = blobs
@@ -157,7 +169,7 @@ class Client:
                 delay = min(delay * 2, 1.0)
 
     async def run(self, until: float) -> None:
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with connect(self.address, self.token) as channel:
             images = image_service_pb2_grpc.ImageServiceStub(channel)
             operations = operation_service_pb2_grpc.OperationServiceStub(channel)
             while time.monotonic() < until:
@@ -369,6 +381,9 @@ async def test_nothing_is_lost_applied_twice_or_stuck_under_faults(private_servi
     database, broker = private_services
     url = database.url("images")
     await asyncio.to_thread(migrate, url)
+    token = await asyncio.to_thread(
+        create_token, url, "--subject", "load", "--folder", "*", "--role", "editor"
+    )
     blobs = await BlobServer().start()
     env = base_env(
         DATABASE_URL=url,
@@ -400,7 +415,7 @@ async def test_nothing_is_lost_applied_twice_or_stuck_under_faults(private_servi
             await stack.start_worker()
         address = env["GRPC_LISTEN"]
         until = time.monotonic() + LOAD_SECONDS
-        clients = [Client(n, address, blobs, ledger) for n in range(CLIENTS)]
+        clients = [Client(n, address, token, blobs, ledger) for n in range(CLIENTS)]
         await asyncio.gather(
             chaos(stack, database, broker, until, faults), *(c.run(until) for c in clients)
         )
