@@ -25,6 +25,7 @@ from service.domain.model import (
     OperationKind,
     utcnow,
 )
+from service.domain.network import NetworkPolicy
 from service.domain.validation import (
     Violations,
     check_folder_id,
@@ -113,7 +114,9 @@ class ImageApp:
         publish_timeout: float,
         cache_size: int,
         retention_seconds: float = float("inf"),
+        network_policy: NetworkPolicy | None = None,
     ) -> None:
+        self._network_policy = network_policy or NetworkPolicy()
         self._store = store
         self._broker = broker
         self._publish_timeout = publish_timeout
@@ -124,6 +127,7 @@ class ImageApp:
     ) -> Operation:
         caller.require_editor()
         validate_new_image(request)
+        self._network_policy.check_url_host(request.uri)  # names are checked by the worker
         caller.require_folder(request.folder_id)
         image = Image(
             id=ids.new_id(ids.IMAGE_PREFIX),

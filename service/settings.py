@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO")
 
     @model_validator(mode="after")
+    def _networks_parse(self) -> Settings:
+        from service.domain.network import parse_networks
+
+        parse_networks(self.download_allowed_networks)  # ValueError names the bad entry
+        return self
+
+    @model_validator(mode="after")
     def _tls_needs_both_files(self) -> Settings:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")

@@ -120,6 +120,8 @@ def stack_env(database_url: str, queue_names: Callable[[str], str]) -> dict[str,
         LEASE_SECONDS="3",
         GRPC_GRACE_SECONDS="5",
         WORKER_GRACE_SECONDS="5",
+        # The blob server the workers download from is on loopback.
+        DOWNLOAD_ALLOWED_NETWORKS="127.0.0.0/8",
     )
 
 

@@ -179,6 +179,7 @@ class BlobServer:
         app.router.add_get("/blob/{size}", self._blob)
         app.router.add_get("/status/{code}", self._status)
         app.router.add_get("/gated/{size}", self._gated)
+        app.router.add_get("/redirect-to", self._redirect_to)
         app.router.add_get("/chunked/{size}", self._chunked)
         app.router.add_get("/generated/{size}", self._generated)
         app.router.add_get("/redirect/{size}", self._redirect)
@@ -199,6 +200,9 @@ class BlobServer:
 
     async def _blob(self, request: web.Request) -> web.Response:
         return web.Response(body=blob(int(request.match_info["size"])))
+
+    async def _redirect_to(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["url"])
 
     async def _status(self, request: web.Request) -> web.Response:
         return web.Response(status=int(request.match_info["code"]))

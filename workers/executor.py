@@ -25,6 +25,7 @@ from service.domain.errors import (
     Unavailable,
 )
 from service.domain.model import ImageChange, ImageStatus, OperationError, OperationKind
+from service.domain.network import NetworkPolicy, parse_networks
 from service.domain.rules import status_after_failure
 from service.settings import Settings
 from workers.download import Downloaded, download_md5
@@ -38,6 +39,7 @@ class Executor:
     def __init__(self, store: Store, settings: Settings) -> None:
         self._store = store
         self._settings = settings
+        self._network_policy = NetworkPolicy(parse_networks(settings.download_allowed_networks))
 
     async def execute(self, operation_id: str) -> None:
         """Bring the operation to ``done``, unless it is done or another worker holds it.
@@ -102,6 +104,7 @@ class Executor:
                     timeout=settings.download_timeout_seconds,
                     max_bytes=settings.download_max_bytes,
                     stall_timeout=settings.download_stall_seconds,
+                    policy=self._network_policy,
                 )
             except Unavailable as exc:
                 if attempt == DOWNLOAD_TRIES:

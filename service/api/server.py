@@ -20,6 +20,7 @@ from service.api.servicers import ImageService, OperationService
 from service.app import ImageApp
 from service.authn import Authenticator
 from service.domain.errors import ServiceError
+from service.domain.network import NetworkPolicy, parse_networks
 from service.domain.ratelimit import RateLimiter
 from service.settings import Settings
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
@@ -103,6 +104,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         publish_timeout=settings.publish_timeout_seconds,
         cache_size=settings.operation_cache_size,
         retention_seconds=settings.operation_retention_seconds,
+        network_policy=NetworkPolicy(parse_networks(settings.download_allowed_networks)),
     )
 
     interceptor = RequestInterceptor(

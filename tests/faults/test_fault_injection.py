@@ -405,6 +405,7 @@ async def test_nothing_is_lost_applied_twice_or_stuck_under_faults(private_servi
         AMQP_DELIVERY_LIMIT="20",
         GRPC_GRACE_SECONDS="2",
         WORKER_GRACE_SECONDS="5",
+        DOWNLOAD_ALLOWED_NETWORKS="127.0.0.0/8",
     )
     stack = Stack(env, tmp_path)
     faults: Counter[str] = Counter()

@@ -18,8 +18,12 @@ import uuid
 import pytest
 
 from service.domain.errors import Code, DeadlineExceeded, Unavailable
+from service.domain.network import ForbiddenAddress, NetworkPolicy, parse_networks
 from tests.support import BlobServer, blob, eventually, generated_chunks
 from workers.download import CHUNK, DownloadFailed, download_md5
+
+# The blob server runs on loopback, which downloads may reach only when allowed.
+LOOPBACK = NetworkPolicy(parse_networks("127.0.0.0/8"))
 
 MiB = 1024 * 1024
 LIMIT = 64 * MiB
@@ -30,7 +34,7 @@ def md5_of(data: bytes) -> str:
 
 
 async def download(uri: str, *, timeout: float = 5.0, max_bytes: int = LIMIT):
-    return await download_md5(uri, timeout=timeout, max_bytes=max_bytes)
+    return await download_md5(uri, timeout=timeout, max_bytes=max_bytes, policy=LOOPBACK)
 
 
 def unused_port() -> int:
@@ -172,7 +176,9 @@ async def test_try_again_later_answers_are_transient(blobs: BlobServer, status: 
 
 async def test_a_source_that_stalls_is_unavailable_not_a_deadline(blobs: BlobServer):
     with pytest.raises(Unavailable, match="stalled") as caught:
-        await download_md5(blobs.url("/slow/1000"), timeout=30, max_bytes=10**6, stall_timeout=0.3)
+        await download_md5(
+            blobs.url("/slow/1000"), timeout=30, max_bytes=10**6, stall_timeout=0.3, policy=LOOPBACK
+        )
     assert caught.value.retryable
 
 
@@ -199,3 +205,57 @@ async def test_downloading_streams_in_constant_memory(blobs: BlobServer):
     assert result.size == size
     assert result.md5 == expected.hexdigest()
     assert growth_mib < 60, f"peak RSS grew by {growth_mib:.0f} MiB"
+
+
+# --- the network policy -------------------------------------------------------------------
+
+STRICT = NetworkPolicy()
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://127.0.0.1:{port}/blob/8",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/image",
+        "http://192.168.0.1/image",
+        "http://[::1]:{port}/blob/8",
+        "http://[::ffff:127.0.0.1]:{port}/blob/8",
+        "http://100.64.0.1/image",
+        "http://0.0.0.0:{port}/blob/8",
+    ],
+)
+async def test_addresses_outside_the_public_internet_are_refused(blobs: BlobServer, uri: str):
+    with pytest.raises(ForbiddenAddress) as caught:
+        await download_md5(uri.format(port=blobs.port), timeout=5, max_bytes=LIMIT, policy=STRICT)
+    assert caught.value.violations[0].field == "uri"
+    assert not caught.value.retryable
+
+
+async def test_a_name_that_resolves_to_loopback_is_refused(blobs: BlobServer):
+    with pytest.raises(ForbiddenAddress, match="localhost"):
+        await download_md5(
+            f"http://localhost:{blobs.port}/blob/8", timeout=5, max_bytes=LIMIT, policy=STRICT
+        )
+
+
+async def test_a_redirect_to_a_forbidden_address_is_refused(blobs: BlobServer):
+    only_the_blob_server = NetworkPolicy(parse_networks("127.0.0.1/32"))
+    target = f"http://127.0.0.2:{blobs.port}/blob/8"
+    assert (
+        await download_md5(
+            blobs.url("/blob/8"), timeout=5, max_bytes=LIMIT, policy=only_the_blob_server
+        )
+    ).size == 8
+    with pytest.raises(ForbiddenAddress, match=r"127\.0\.0\.2"):
+        await download_md5(
+            blobs.url(f"/redirect-to?url={target}"),
+            timeout=5,
+            max_bytes=LIMIT,
+            policy=only_the_blob_server,
+        )
+
+
+async def test_only_http_and_https_are_followed(blobs: BlobServer):
+    with pytest.raises(DownloadFailed, match="only http and https"):
+        await download(blobs.url("/redirect-to?url=file:///etc/passwd"))
