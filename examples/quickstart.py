@@ -37,9 +37,15 @@ def main() -> None:
     parser.add_argument("--target", default="127.0.0.1:50051")
     parser.add_argument("--uri", required=True, help="http(s) URL of the image file")
     parser.add_argument("--folder", default="my-folder")
+    parser.add_argument("--token", required=True, help="from: python -m service token create")
     args = parser.parse_args()
 
-    with grpc.insecure_channel(args.target) as channel:
+    # The token travels as call credentials: authorization: Bearer <token> on every call.
+    auth = grpc.metadata_call_credentials(
+        lambda context, callback: callback((("authorization", f"Bearer {args.token}"),), None)
+    )
+    credentials = grpc.composite_channel_credentials(grpc.local_channel_credentials(), auth)
+    with grpc.secure_channel(args.target, credentials) as channel:
         images = image_service_pb2_grpc.ImageServiceStub(channel)
         ops = operation_service_pb2_grpc.OperationServiceStub(channel)
         # An idempotency-key makes a retried call (same key, same request) return the
