@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import timedelta
@@ -35,6 +37,7 @@ from service.domain.validation import (
     validate_new_image,
     validate_operation_id,
 )
+from service.waiters import OperationWaiters
 
 log = structlog.get_logger(__name__)
 
@@ -115,8 +118,10 @@ class ImageApp:
         cache_size: int,
         retention_seconds: float = float("inf"),
         network_policy: NetworkPolicy | None = None,
+        waiters: OperationWaiters | None = None,
     ) -> None:
-        self._network_policy = network_policy or NetworkPolicy()
+        self._waiters = waiters if waiters is not None else OperationWaiters()
+        self._network_policy = network_policy if network_policy is not None else NetworkPolicy()
         self._store = store
         self._broker = broker
         self._publish_timeout = publish_timeout
@@ -252,6 +257,31 @@ class ImageApp:
                 self._finished.put(operation)
         if operation is None or not caller.sees(operation.folder_id):
             raise _operation_not_found(operation_id)
+        return operation
+
+    async def wait_operation(
+        self, operation_id: str, timeout: float, caller: Principal
+    ) -> Operation:
+        """The operation once it is done, or as it stands after ``timeout`` seconds.
+
+        The caller's future is woken by the database's notification that the operation
+        finished; each wake-up costs one read.
+        """
+        operation = await self.get_operation(operation_id, caller)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while not operation.done and loop.time() < give_up:
+            future = self._waiters.register(operation_id)
+            try:
+                # Read again after registering: a finish between the reads is not missed.
+                operation = await self.get_operation(operation_id, caller)
+                if operation.done:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, give_up - loop.time())
+            finally:
+                self._waiters.unregister(operation_id, future)
+            operation = await self.get_operation(operation_id, caller)
         return operation
 
     async def cancel_operation(self, operation_id: str, caller: Principal) -> Operation:

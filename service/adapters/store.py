@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -797,6 +798,55 @@ class Transaction:
             None if error is None else int(error.code),
             None if error is None else error.message,
         )
+
+
+def _set_event(event: asyncio.Event, *_: object) -> None:
+    event.set()
+
+
+class DoneListener:
+    """Listens for finished operations (``NOTIFY operation_done``) on a connection of its own.
+
+    ``on_done(operation_id)`` runs for each one. Notifications sent while the connection is
+    down are lost, so after every (re)connection ``on_reconnect()`` runs: listeners re-check
+    whatever they wait for.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        on_done: Callable[[str], None],
+        on_reconnect: Callable[[], None],
+    ) -> None:
+        self._dsn = dsn
+        self._on_done = on_done
+        self._on_reconnect = on_reconnect
+
+    async def run(self) -> None:
+        delay = 0.2
+        while True:
+            lost = asyncio.Event()
+            try:
+                conn = await asyncpg.connect(self._dsn, timeout=10)
+            except (*_TRANSIENT, asyncpg.PostgresError) as exc:
+                log.warning("listener.unreachable", error=type(exc).__name__, retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.2
+            try:
+                conn.add_termination_listener(functools.partial(_set_event, lost))
+                await conn.add_listener(
+                    "operation_done", lambda _c, _pid, _channel, payload: self._on_done(payload)
+                )
+                self._on_reconnect()
+                await lost.wait()
+                log.warning("listener.connection_lost")
+            except _TRANSIENT as exc:
+                log.warning("listener.failed", error=type(exc).__name__)
+            finally:
+                if not conn.is_closed():
+                    conn.terminate()
 
 
 async def wait_for_database(settings: Settings, deadline: float) -> Store:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.rpc import status_pb2
 
@@ -63,4 +64,15 @@ def operation_to_proto(operation: Operation) -> operation_pb2.Operation:
         out.response.CopyFrom(_pack(image_to_proto(operation.response)))
     elif operation.done:  # a finished Delete
         out.response.CopyFrom(_pack(empty_pb2.Empty()))
+    return out
+
+
+def longrunning_operation(operation: Operation) -> operations_pb2.Operation:
+    """The same operation as ``google.longrunning.Operation`` (its name is its ID)."""
+    ours = operation_to_proto(operation)
+    out = operations_pb2.Operation(name=ours.id, metadata=ours.metadata, done=ours.done)
+    if ours.HasField("error"):
+        out.error.CopyFrom(ours.error)
+    elif ours.HasField("response"):
+        out.response.CopyFrom(ours.response)
     return out

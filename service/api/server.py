@@ -9,20 +9,22 @@ from pathlib import Path
 
 import grpc
 import structlog
+from google.longrunning import operations_pb2, operations_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from service.adapters.queue import Broker
-from service.adapters.store import Store, wait_for_database
+from service.adapters.store import DoneListener, Store, wait_for_database
 from service.api.interceptors import RequestInterceptor
-from service.api.servicers import ImageService, OperationService
+from service.api.servicers import ImageService, LongRunningOperations, OperationService
 from service.app import ImageApp
 from service.authn import Authenticator
 from service.domain.errors import ServiceError
 from service.domain.network import NetworkPolicy, parse_networks
 from service.domain.ratelimit import RateLimiter
 from service.settings import Settings
+from service.waiters import OperationWaiters
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
 
@@ -31,6 +33,7 @@ log = structlog.get_logger(__name__)
 SERVICE_NAMES = (
     image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
     operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"].full_name,
+    operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
 )
 STARTUP_DEADLINE_SECONDS = 60.0
 BROKER_STARTUP_WAIT_SECONDS = 5.0
@@ -98,6 +101,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     # but a normal start should publish directly: give the connection a moment.
     with contextlib.suppress(TimeoutError):
         await broker.wait_connected(BROKER_STARTUP_WAIT_SECONDS)
+    waiters = OperationWaiters()
+    listener = asyncio.create_task(
+        DoneListener(str(settings.database_url), waiters.done, waiters.wake_all).run(),
+        name="done-listener",
+    )
     app = ImageApp(
         store,
         broker,
@@ -105,6 +113,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         cache_size=settings.operation_cache_size,
         retention_seconds=settings.operation_retention_seconds,
         network_policy=NetworkPolicy(parse_networks(settings.download_allowed_networks)),
+        waiters=waiters,
     )
 
     interceptor = RequestInterceptor(
@@ -121,6 +130,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     )
     image_service_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(app), server)
     operation_service_pb2_grpc.add_OperationServiceServicer_to_server(OperationService(app), server)
+    operations_pb2_grpc.add_OperationsServicer_to_server(LongRunningOperations(app), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -147,9 +157,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
     finally:
         log.info("api.draining", grace_seconds=settings.grpc_grace_seconds)
-        monitor.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await monitor
+        for task in (monitor, listener):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await health.enter_graceful_shutdown()
         await server.stop(settings.grpc_grace_seconds)
         await broker.close()

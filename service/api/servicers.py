@@ -5,11 +5,14 @@ from __future__ import annotations
 import hashlib
 
 import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
-from service.api.convert import image_to_proto, operation_to_proto
+from service.api.convert import image_to_proto, longrunning_operation, operation_to_proto
 from service.api.interceptors import caller
 from service.app import ImageApp
+from service.domain.errors import Unimplemented
 from service.domain.model import IdempotencyKey, NewImage
 from service.domain.validation import resolve_update, validate_idempotency_key
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
@@ -18,6 +21,8 @@ from yandex.cloud.operation import operation_pb2, operation_service_pb2, operati
 Context = grpc.aio.ServicerContext[object, object]
 
 IDEMPOTENCY_HEADER = "idempotency-key"
+# The longest one WaitOperation waits before answering with the state as it stands.
+MAX_WAIT_SECONDS = 60.0
 
 
 def idempotency_key(context: Context, method: str, request: Message) -> IdempotencyKey | None:
@@ -118,3 +123,45 @@ class OperationService(operation_service_pb2_grpc.OperationServiceServicer):
         self, request: operation_service_pb2.CancelOperationRequest, context: Context
     ) -> operation_pb2.Operation:
         return operation_to_proto(await self._app.cancel_operation(request.operation_id, caller()))
+
+
+class LongRunningOperations(operations_pb2_grpc.OperationsServicer):  # type: ignore[misc]
+    """``google.longrunning.Operations`` over the same operations, for clients that would
+    rather wait for ``done`` than poll."""
+
+    def __init__(self, app: ImageApp) -> None:
+        self._app = app
+
+    async def GetOperation(
+        self, request: operations_pb2.GetOperationRequest, context: Context
+    ) -> operations_pb2.Operation:
+        return longrunning_operation(await self._app.get_operation(request.name, caller()))
+
+    async def WaitOperation(
+        self, request: operations_pb2.WaitOperationRequest, context: Context
+    ) -> operations_pb2.Operation:
+        timeout = MAX_WAIT_SECONDS
+        if request.HasField("timeout"):
+            timeout = min(timeout, max(request.timeout.ToTimedelta().total_seconds(), 0.0))
+        remaining = context.time_remaining()
+        if remaining is not None:
+            # Answer before the client's deadline, with the state as it stands.
+            timeout = min(timeout, max(remaining - 0.05, 0.0))
+        operation = await self._app.wait_operation(request.name, timeout, caller())
+        return longrunning_operation(operation)
+
+    async def CancelOperation(
+        self, request: operations_pb2.CancelOperationRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await self._app.cancel_operation(request.name, caller())
+        return empty_pb2.Empty()
+
+    async def ListOperations(
+        self, request: operations_pb2.ListOperationsRequest, context: Context
+    ) -> operations_pb2.ListOperationsResponse:
+        raise Unimplemented("use ImageService.ListOperations")
+
+    async def DeleteOperation(
+        self, request: operations_pb2.DeleteOperationRequest, context: Context
+    ) -> empty_pb2.Empty:
+        raise Unimplemented("finished operations are removed by retention")
