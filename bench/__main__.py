@@ -1,0 +1,363 @@
+"""``python -m bench``: measure the service against a bare gRPC echo server, in one run.
+
+It starts its own stack (a fresh database and queue on the local PostgreSQL and RabbitMQ, the
+API and one worker process, and a bare grpc.aio echo server), then drives each phase with the
+same load generator (separate processes):
+
+1. echo: unary echo calls per second, the ceiling for Python gRPC here;
+2. update: Updates accepted per second (each durably recorded and enqueued; workers running);
+3. get: OperationService.Get per second over a mix of finished and unfinished operations;
+4. latency: Update -> done as a client sees it (WaitOperation), at half the Update rate;
+5. soak: a steady mixed load, with the RSS of the API and the worker at its start and end.
+
+It prints a table with each figure and its ratio to the echo ceiling, and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.load import Job, Result, run_job
+from service.domain.ids import IMAGE_PREFIX, OPERATION_PREFIX, new_id
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get(
+    "BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def _env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "AMQP_"))}
+    env.update(overrides)
+    return env
+
+
+class Process:
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._file = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=self._file, stderr=subprocess.STDOUT
+        )
+
+    def wait_for(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log.read_text(errors="replace").splitlines():
+                if text in line:
+                    return line
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.log.name} exited:\n{self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        raise SystemExit(f"{self.log.name}: no {text!r} within {timeout}s")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._file.close()
+
+
+def run_phase(pool: ProcessPoolExecutor, jobs: list[Job]) -> Result:
+    total = Result()
+    for result in pool.map(run_job, jobs):
+        total.calls += result.calls
+        total.errors += result.errors
+        total.seconds = max(total.seconds, result.seconds)
+        total.latencies += result.latencies
+        total.operation_ids += result.operation_ids
+        for code, n in result.error_codes.items():
+            total.error_codes[code] = total.error_codes.get(code, 0) + n
+    return total
+
+
+def split(items: list[str], parts: int) -> list[list[str]]:
+    return [items[i::parts] for i in range(parts)]
+
+
+async def insert_images(url: str, count: int) -> list[str]:
+    ids = [new_id(IMAGE_PREFIX) for _ in range(count)]
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.copy_records_to_table(
+            "images",
+            records=[(i, "bench", f"b-{i}", 2) for i in ids],
+            columns=["id", "folder_id", "name", "status"],
+        )
+    finally:
+        await conn.close()
+    return ids
+
+
+async def insert_unfinished(url: str, count: int) -> list[str]:
+    ids = [new_id(OPERATION_PREFIX) for _ in range(count)]
+    conn = await asyncpg.connect(url)
+    try:
+        # Published and never claimed: they stay unfinished for the whole run.
+        await conn.executemany(
+            "INSERT INTO operations (id, kind, image_id, folder_id, description, request,"
+            " published_at) VALUES ($1, 'update_image', 'imgnone', 'bench', 'Update image',"
+            " '{}', now())",
+            [(i,) for i in ids],
+        )
+    finally:
+        await conn.close()
+    return ids
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10, help="length of each rate phase")
+    parser.add_argument("--soak", type=float, default=300, help="length of the soak (RSS) phase")
+    parser.add_argument("--processes", type=int, default=2, help="load generator processes")
+    parser.add_argument("--concurrency", type=int, default=64, help="calls in flight per process")
+    parser.add_argument("--smoke", action="store_true", help="seconds-long phases, no verdicts")
+    parser.add_argument("--out", type=Path, default=None, help="JSON output file")
+    args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.soak = 2, 3
+
+    run = uuid.uuid4().hex[:8]
+    database = f"imgsvc_bench_{run}"
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{database}"
+    queue = f"bench-{run}"
+    logs = Path(os.environ.get("BENCH_LOGS", f"/tmp/bench-{run}"))
+    logs.mkdir(parents=True, exist_ok=True)
+    out = args.out or ROOT / "bench" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = _env(
+        DATABASE_URL=url,
+        AMQP_URL=AMQP_URL,
+        AMQP_QUEUE=queue,
+        GRPC_LISTEN="127.0.0.1:0",
+        LOG_LEVEL="WARNING",
+        WORKER_CONCURRENCY="64",
+        RATE_LIMIT_PER_SECOND="1000000",
+        RATE_LIMIT_BURST="1000000",
+        MAX_UNFINISHED_OPERATIONS_PER_FOLDER="10000000",
+        DB_POOL_MAX="20",
+    )
+    subprocess.run(
+        [sys.executable, "-m", "service", "migrate"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    token = (
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "token",
+                "create",
+                "--subject",
+                "bench",
+                "--folder",
+                "*",
+                "--role",
+                "editor",
+            ],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+
+    processes: list[Process] = []
+    figures: dict[str, Any] = {}
+    try:
+        echo = Process([sys.executable, "-m", "bench.echo"], env, logs / "echo.log")
+        processes.append(echo)
+        echo_address = "127.0.0.1:" + echo.wait_for("echo listening").split()[-1]
+        env_info = dict(env, LOG_LEVEL="INFO")
+        api = Process([sys.executable, "-m", "service"], env_info, logs / "api.log")
+        processes.append(api)
+        api_address = "127.0.0.1:" + json.loads(api.wait_for('"api.started"'))["port"].__str__()
+        worker = Process([sys.executable, "-m", "workers"], env_info, logs / "worker.log")
+        processes.append(worker)
+        worker.wait_for('"workers.started"')
+
+        budget = int(max(args.seconds, 1) * 6000)  # more images than Updates can take
+        image_ids = asyncio.run(insert_images(url, budget * 2 + 1000))
+        unfinished = asyncio.run(insert_unfinished(url, 1000))
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.processes, mp_context=ctx) as pool:
+
+            def jobs(
+                phase: str, address: str, seconds: float = args.seconds, **kw: Any
+            ) -> list[Job]:
+                return [
+                    Job(phase, address, token, seconds, args.concurrency, **kw)
+                    for _ in range(args.processes)
+                ]
+
+            run_phase(pool, jobs("echo", echo_address, seconds=1))  # warm-up
+            echo_result = run_phase(pool, jobs("echo", echo_address))
+            echo_rate = echo_result.calls / echo_result.seconds
+
+            first, rest = image_ids[:budget], image_ids[budget:]
+            update_jobs = [
+                Job("update", api_address, token, args.seconds, args.concurrency, image_ids=part)
+                for part in split(first, args.processes)
+            ]
+            update_result = run_phase(pool, update_jobs)
+            update_rate = update_result.calls / update_result.seconds
+
+            mix = update_result.operation_ids[:5000] + unfinished
+            get_result = run_phase(pool, jobs("get", api_address, operation_ids=mix))
+            get_rate = get_result.calls / get_result.seconds
+
+            target = max(update_rate / 2, 1.0)
+            latency_jobs = [
+                Job(
+                    "latency",
+                    api_address,
+                    token,
+                    args.seconds,
+                    0,
+                    image_ids=part,
+                    rate=target / args.processes,
+                )
+                for part in split(rest[:budget], args.processes)
+            ]
+            latency_result = run_phase(pool, latency_jobs)
+
+            rss_start = {"api": api.rss_mb(), "worker": worker.rss_mb()}
+            soak_jobs = [
+                Job(
+                    "latency",
+                    api_address,
+                    token,
+                    args.soak,
+                    0,
+                    image_ids=part,
+                    rate=max(update_rate / 4, 1.0) / args.processes,
+                )
+                for part in split(rest[budget:] or rest, args.processes)
+            ]
+            soak_result = run_phase(pool, soak_jobs)
+            rss_end = {"api": api.rss_mb(), "worker": worker.rss_mb()}
+
+        figures = {
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+            "settings": vars(args) | {"out": str(out)},
+            "echo_per_second": round(echo_rate, 1),
+            "update_accepted_per_second": round(update_rate, 1),
+            "update_ratio_to_echo": round(update_rate / echo_rate, 3),
+            "get_per_second": round(get_rate, 1),
+            "get_ratio_to_echo": round(get_rate / echo_rate, 3),
+            "latency_rate_per_second": round(target, 1),
+            "latency_p50_ms": round(percentile(latency_result.latencies, 0.5) * 1000, 1),
+            "latency_p99_ms": round(percentile(latency_result.latencies, 0.99) * 1000, 1),
+            "latency_samples": len(latency_result.latencies),
+            "rss_mb_start": {k: round(v, 1) for k, v in rss_start.items()},
+            "rss_mb_end": {k: round(v, 1) for k, v in rss_end.items()},
+            "rss_growth_percent": {
+                k: round((rss_end[k] / rss_start[k] - 1) * 100, 1) for k in rss_start
+            },
+            "soak_seconds": args.soak,
+            "soak_updates": len(soak_result.latencies),
+            "errors": {
+                "echo": echo_result.error_codes,
+                "update": update_result.error_codes,
+                "get": get_result.error_codes,
+                "latency": latency_result.error_codes,
+                "soak": soak_result.error_codes,
+            },
+        }
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        asyncio.run(drop_database(database))
+        subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "delete_queue", f"{queue}.dead"], capture_output=True)
+
+    out.write_text(json.dumps(figures, indent=2))
+    rows = [
+        ("echo (bare grpc.aio unary)", f"{figures['echo_per_second']:.0f}/s", "1.00"),
+        (
+            "Update accepted",
+            f"{figures['update_accepted_per_second']:.0f}/s",
+            f"{figures['update_ratio_to_echo']:.2f}",
+        ),
+        (
+            "OperationService.Get",
+            f"{figures['get_per_second']:.0f}/s",
+            f"{figures['get_ratio_to_echo']:.2f}",
+        ),
+        (
+            f"Update->done p50 @ {figures['latency_rate_per_second']:.0f}/s",
+            f"{figures['latency_p50_ms']} ms",
+            "",
+        ),
+        (
+            f"Update->done p99 @ {figures['latency_rate_per_second']:.0f}/s",
+            f"{figures['latency_p99_ms']} ms",
+            "",
+        ),
+        (
+            "RSS api start -> end",
+            f"{rss_start['api']:.0f} -> {rss_end['api']:.0f} MB",
+            f"{figures['rss_growth_percent']['api']:+.1f}%",
+        ),
+        (
+            "RSS worker start -> end",
+            f"{rss_start['worker']:.0f} -> {rss_end['worker']:.0f} MB",
+            f"{figures['rss_growth_percent']['worker']:+.1f}%",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'figure':<{width}}  {'value':>22}  ratio to echo")
+    for name, value, ratio in rows:
+        print(f"{name:<{width}}  {value:>22}  {ratio}")
+    print(f"errors: {json.dumps(figures['errors'])}")
+    print(f"JSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""A bare grpc.aio unary echo server: the ceiling for Python gRPC on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import grpc
+
+METHOD = "/bench.Echo/Echo"
+
+
+async def _echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    return request
+
+
+async def serve() -> None:
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"echo listening {port}", flush=True)
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        sys.exit(0)

@@ -1,0 +1,163 @@
+"""The load generator: separate processes, each with its own event loop and channel.
+
+Every phase (echo, Update, Get, latency) is driven by the same code with a different call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import duration_pb2
+
+from bench.echo import METHOD
+from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
+from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
+
+
+@dataclass
+class Job:
+    phase: str  # echo | update | get | latency
+    address: str
+    token: str
+    seconds: float
+    concurrency: int
+    image_ids: list[str] = field(default_factory=list)
+    operation_ids: list[str] = field(default_factory=list)
+    rate: float = 0.0  # calls per second, for the open-loop latency phase
+
+
+@dataclass
+class Result:
+    calls: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    operation_ids: list[str] = field(default_factory=list)
+    error_codes: dict[str, int] = field(default_factory=dict)
+
+
+def run_job(job: Job) -> Result:
+    """Entry point of a load process."""
+    return asyncio.run(_run(job))
+
+
+async def _run(job: Job) -> Result:
+    metadata = (("authorization", f"Bearer {job.token}"),)
+    result = Result()
+    options = [("grpc.max_concurrent_streams", 1000)]
+    async with grpc.aio.insecure_channel(job.address, options=options) as channel:
+        await channel.channel_ready()
+        call = _caller(job, channel, metadata, result)
+        started = time.perf_counter()
+        deadline = started + job.seconds
+        if job.phase == "latency":
+            await _open_loop(call, job.rate, deadline)
+        else:
+            await asyncio.gather(*(_closed_loop(call, deadline) for _ in range(job.concurrency)))
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+async def _closed_loop(call: Any, deadline: float) -> None:
+    while time.perf_counter() < deadline:
+        await call()
+
+
+async def _open_loop(call: Any, rate: float, deadline: float) -> None:
+    """Start calls at ``rate`` per second regardless of how long each takes."""
+    tasks = set()
+    interval = 1.0 / rate
+    next_at = time.perf_counter()
+    while next_at < deadline:
+        now = time.perf_counter()
+        if now < next_at:
+            await asyncio.sleep(next_at - now)
+        task = asyncio.ensure_future(call())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        next_at += interval
+    if tasks:
+        await asyncio.wait(tasks)
+
+
+def _caller(job: Job, channel: grpc.aio.Channel, metadata: Any, result: Result) -> Any:
+    images = image_service_pb2_grpc.ImageServiceStub(channel)
+    operations = operation_service_pb2_grpc.OperationServiceStub(channel)
+    lro = operations_pb2_grpc.OperationsStub(channel)
+    echo = channel.unary_unary(METHOD)
+    payload = image_service_pb2.UpdateImageRequest(
+        image_id="img" + "x" * 17, description="benchmark"
+    ).SerializeToString()
+    pending = list(reversed(job.image_ids))
+
+    def failed(exc: grpc.aio.AioRpcError) -> None:
+        result.errors += 1
+        name = exc.code().name
+        result.error_codes[name] = result.error_codes.get(name, 0) + 1
+
+    async def call_echo() -> None:
+        try:
+            await echo(payload)
+            result.calls += 1
+        except grpc.aio.AioRpcError as exc:
+            failed(exc)
+
+    async def update() -> str | None:
+        if not pending:
+            return None
+        image_id = pending.pop()
+        try:
+            op = await images.Update(
+                image_service_pb2.UpdateImageRequest(image_id=image_id, description="benchmark"),
+                metadata=metadata,
+            )
+        except grpc.aio.AioRpcError as exc:
+            failed(exc)
+            return None
+        result.calls += 1
+        result.operation_ids.append(op.id)
+        return str(op.id)
+
+    async def call_update() -> None:
+        if await update() is None and not pending:
+            await asyncio.sleep(0.01)  # out of images for this phase
+
+    async def call_get() -> None:
+        operation_id = random.choice(job.operation_ids)
+        try:
+            await operations.Get(
+                operation_service_pb2.GetOperationRequest(operation_id=operation_id),
+                metadata=metadata,
+            )
+            result.calls += 1
+        except grpc.aio.AioRpcError as exc:
+            failed(exc)
+
+    async def call_latency() -> None:
+        started = time.perf_counter()
+        operation_id = await update()
+        if operation_id is None:
+            return
+        request = operations_pb2.WaitOperationRequest(
+            name=operation_id, timeout=duration_pb2.Duration(seconds=30)
+        )
+        try:
+            op = await lro.WaitOperation(request, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            failed(exc)
+            return
+        if op.done:
+            result.latencies.append(time.perf_counter() - started)
+
+    return {
+        "echo": call_echo,
+        "update": call_update,
+        "get": call_get,
+        "latency": call_latency,
+    }[job.phase]
