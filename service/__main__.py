@@ -6,6 +6,7 @@ import argparse
 import asyncio
 
 from service import logs
+from service.loop import run_loop
 from service.settings import Settings
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     logs.configure(settings.log_level, component="api")
     from service.api.server import serve
 
-    asyncio.run(serve(settings))
+    run_loop(serve(settings), settings.event_loop)
 
 
 if __name__ == "__main__":

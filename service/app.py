@@ -37,6 +37,7 @@ from service.domain.validation import (
     validate_new_image,
     validate_operation_id,
 )
+from service.published import PublishedMarks
 from service.waiters import OperationWaiters
 
 log = structlog.get_logger(__name__)
@@ -119,7 +120,9 @@ class ImageApp:
         retention_seconds: float = float("inf"),
         network_policy: NetworkPolicy | None = None,
         waiters: OperationWaiters | None = None,
+        marks: PublishedMarks | None = None,
     ) -> None:
+        self._marks = marks if marks is not None else PublishedMarks(store)
         self._waiters = waiters if waiters is not None else OperationWaiters()
         self._network_policy = network_policy if network_policy is not None else NetworkPolicy()
         self._store = store
@@ -183,7 +186,7 @@ class ImageApp:
                 return operation
             try:
                 await self._broker.publish(operation.id, self._publish_timeout)
-                await self._store.mark_published([operation.id])
+                self._marks.add(operation.id)
             except ServiceError as exc:
                 log.warning("operation.publish_deferred", error=exc.message)
             else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, PostgresDsn, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -109,6 +111,10 @@ class Settings(BaseSettings):
     )
     worker_health_file: str = Field(
         default="", description="if set, workers touch this file while their dependencies work"
+    )
+
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        default="uvloop", description="the event loop of the API and worker processes"
     )
 
     log_level: str = Field(default="INFO")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from service import logs
+from service.loop import run_loop
 from service.settings import Settings
 from workers.pool import run
 
@@ -12,7 +11,7 @@ from workers.pool import run
 def main() -> None:
     settings = Settings()
     logs.configure(settings.log_level, component="workers")
-    asyncio.run(run(settings))
+    run_loop(run(settings), settings.event_loop)
 
 
 if __name__ == "__main__":

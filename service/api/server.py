@@ -23,6 +23,7 @@ from service.authn import Authenticator
 from service.domain.errors import ServiceError
 from service.domain.network import NetworkPolicy, parse_networks
 from service.domain.ratelimit import RateLimiter
+from service.published import PublishedMarks
 from service.settings import Settings
 from service.waiters import OperationWaiters
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
@@ -106,6 +107,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         DoneListener(str(settings.database_url), waiters.done, waiters.wake_all).run(),
         name="done-listener",
     )
+    marks = PublishedMarks(store)
+    marks.start()
     app = ImageApp(
         store,
         broker,
@@ -114,6 +117,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         retention_seconds=settings.operation_retention_seconds,
         network_policy=NetworkPolicy(parse_networks(settings.download_allowed_networks)),
         waiters=waiters,
+        marks=marks,
     )
 
     interceptor = RequestInterceptor(
@@ -163,6 +167,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 await task
         await health.enter_graceful_shutdown()
         await server.stop(settings.grpc_grace_seconds)
+        await marks.close()
         await broker.close()
         with contextlib.suppress(Exception):
             await store.close()
