@@ -151,7 +151,7 @@ class ImageApp:
             OperationKind.CREATE_IMAGE, image.id, request.folder_id, caller.subject
         )
         accepted = await self._store.insert_create(image, operation, request, idempotency)
-        return await self._enqueue(accepted)
+        return await self._enqueue(accepted, caller)
 
     async def update_image(
         self,
@@ -166,7 +166,7 @@ class ImageApp:
         accepted = await self._store.begin_update(
             operation, change, idempotency, caller.folder_filter()
         )
-        return await self._enqueue(accepted)
+        return await self._enqueue(accepted, caller)
 
     async def delete_image(
         self, image_id: str, caller: Principal, idempotency: IdempotencyKey | None = None
@@ -175,13 +175,17 @@ class ImageApp:
         validate_image_id(image_id)
         operation = _new_operation(OperationKind.DELETE_IMAGE, image_id, "", caller.subject)
         accepted = await self._store.begin_delete(operation, idempotency, caller.folder_filter())
-        return await self._enqueue(accepted)
+        return await self._enqueue(accepted, caller)
 
-    async def _enqueue(self, accepted: Accepted) -> Operation:
+    async def _enqueue(self, accepted: Accepted, caller: Principal) -> Operation:
         """Publish a new operation; on failure the outbox relay publishes it later."""
         operation = accepted.operation
         with structlog.contextvars.bound_contextvars(operation_id=operation.id):
             if accepted.replayed:
+                # The key's first call may have come through a token of the same subject
+                # with other folders: what this caller may not see stays unseen.
+                if not caller.sees(operation.folder_id):
+                    raise image_not_found(operation.image_id)
                 log.info("operation.replayed", kind=operation.kind.value)
                 return operation
             try:

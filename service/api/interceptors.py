@@ -109,8 +109,12 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or handler.unary_unary is None or method.startswith(_PUBLIC_PREFIXES):
+        if handler is None or method.startswith(_PUBLIC_PREFIXES):
             return handler
+        if handler.unary_unary is None:
+            # Every API method is unary; any other kind would bypass authentication here,
+            # so it is not served at all (UNIMPLEMENTED).
+            return None
         metadata = handler_call_details.invocation_metadata
         behavior = cast(Behavior, handler.unary_unary)
         return grpc.unary_unary_rpc_method_handler(

@@ -121,7 +121,11 @@ async def test_old_finished_operations_and_expired_keys_are_removed_and_nothing_
     assert await rows.operation_exists(recent_done)
     assert await rows.operation_exists(ancient_unfinished)
     assert await rows.key_exists(live_key)
-    assert worker.logged("retention.purged")
+
+    async def reported() -> bool:  # the log line follows the deletes
+        return bool(worker.logged("retention.purged"))
+
+    await eventually(reported, what="the purge to be logged")
 
 
 async def test_retention_periods_are_configurable(processes, own_stack_env, rows):
@@ -173,7 +177,12 @@ async def test_more_old_operations_than_one_batch_are_all_removed(
 
         await eventually(all_gone, what="the whole backlog to be removed")
         assert await rows.operation_exists(fresh)
-        assert any(line["operations"] >= 2500 for line in worker.logged("retention.purged"))
+
+        async def reported() -> bool:
+            lines = worker.logged("retention.purged")
+            return any(line["operations"] >= 2500 for line in lines)
+
+        await eventually(reported, what="the purge of the backlog to be logged")
     finally:
         await db.execute("DELETE FROM operations WHERE folder_id = $1", tag)
 

@@ -1,0 +1,123 @@
+"""TLS: with TLS_CERT_FILE and TLS_KEY_FILE the API speaks TLS only.
+
+The certificate is self-signed, made by openssl for the test (subjectAltName IP:127.0.0.1 and
+DNS:localhost); clients trust exactly that certificate.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.domain.ids import IMAGE_PREFIX, new_id
+from tests.e2e.client import folder, response_image, rpc_error, unique, wait_done
+from tests.support import ROOT, BearerAuth, base_env
+from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
+from yandex.cloud.operation import operation_service_pb2_grpc
+
+OPENSSL = "/usr/bin/openssl"
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 / localhost and its key."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+            "-keyout", str(key), "-out", str(cert), "-days", "1",
+            "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def tls_channel(address: str, cert: Path, token: str | None) -> grpc.aio.Channel:
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    interceptors = [BearerAuth(token)] if token else None
+    return grpc.aio.secure_channel(address, credentials, interceptors=interceptors)
+
+
+async def test_tls_serves_with_the_certificate_and_plaintext_is_refused(
+    processes, own_stack_env, certificate, admin_token, blobs
+):
+    cert, key = certificate
+    env = own_stack_env(TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key))
+    api = await processes.start("service", env, "api-tls")
+    await processes.start("workers", env, "worker-tls")
+    assert api.logged("api.started")[-1]["tls"] is True
+    folder_id = folder()
+
+    async with tls_channel(api.address, cert, admin_token) as channel:
+        images = image_service_pb2_grpc.ImageServiceStub(channel)
+        operations = operation_service_pb2_grpc.OperationServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert answer.status in (
+            health_pb2.HealthCheckResponse.SERVING,
+            health_pb2.HealthCheckResponse.NOT_SERVING,  # dependencies not checked yet
+        )
+        created = await images.Create(
+            image_service_pb2.CreateImageRequest(
+                folder_id=folder_id, name=unique("tls"), uri=blobs.url("/blob/8")
+            )
+        )
+        image = response_image(await wait_done(operations, created.id))
+        assert image.status == image_pb2.Image.READY
+        listed = await images.List(image_service_pb2.ListImagesRequest(folder_id=folder_id))
+        assert [i.id for i in listed.images] == [image.id]
+        error = await rpc_error(
+            images.Get(image_service_pb2.GetImageRequest(image_id=new_id(IMAGE_PREFIX)))
+        )
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+
+    # Over TLS, a call without a token is still refused.
+    async with tls_channel(api.address, cert, None) as channel:
+        images = image_service_pb2_grpc.ImageServiceStub(channel)
+        error = await rpc_error(
+            images.List(image_service_pb2.ListImagesRequest(folder_id=folder_id), timeout=10)
+        )
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # Plaintext is refused, for the API and for health alike.
+    async with grpc.aio.insecure_channel(
+        api.address, interceptors=[BearerAuth(admin_token)]
+    ) as channel:
+        images = image_service_pb2_grpc.ImageServiceStub(channel)
+        error = await rpc_error(
+            images.List(image_service_pb2.ListImagesRequest(folder_id=folder_id), timeout=10)
+        )
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        error = await rpc_error(
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        )
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+    # A client that does not trust the certificate cannot connect.
+    async with grpc.aio.secure_channel(api.address, grpc.ssl_channel_credentials()) as channel:
+        error = await rpc_error(
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        )
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_certificate_without_its_key_is_refused_at_start(certificate, database_url):
+    cert, _ = certificate
+    result = subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env=base_env(DATABASE_URL=database_url, GRPC_LISTEN="127.0.0.1:0", TLS_CERT_FILE=str(cert)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "TLS_CERT_FILE and TLS_KEY_FILE must be set together" in result.stdout + result.stderr
