@@ -124,6 +124,11 @@ def _operation(row: asyncpg.Record) -> Operation:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Released connections need no reset: nothing here changes session state (no SET, no
+    LISTEN, no advisory locks), so asyncpg's default reset would be a wasted round trip."""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
@@ -160,6 +165,26 @@ RETURNING created_at
 """
 
 
+_BEGIN_UPDATE = """
+WITH image AS (
+    UPDATE images SET status = $9
+    WHERE id = $1 AND status = $10
+      AND ($2::text[] IS NULL OR folder_id = ANY($2))
+      AND ($3::text IS NULL OR NOT EXISTS (
+          SELECT 1 FROM images other
+          WHERE other.folder_id = images.folder_id AND other.name = $3 AND other.id <> $1))
+      AND (SELECT count(*) FROM operations
+           WHERE operations.folder_id = images.folder_id AND NOT done) < $4
+    RETURNING folder_id
+)
+INSERT INTO operations (id, kind, image_id, folder_id, description, created_at, created_by,
+                        modified_at, request)
+SELECT $5, 'update_image', $1, folder_id, $8, clock_timestamp(), $6, clock_timestamp(), $7
+FROM image
+RETURNING folder_id, created_at
+"""
+
+
 class Store:
     """Queries of the API and the workers over one connection pool."""
 
@@ -190,6 +215,7 @@ class Store:
                 max_size=max_size,
                 command_timeout=command_timeout,
                 init=_init_connection,
+                reset=_keep_session,
                 timeout=min(command_timeout, 10.0),  # to establish one connection
                 server_settings={
                     # A backend waiting on a lock notices a dead client (a killed worker) and
@@ -310,10 +336,45 @@ class Store:
         is "not found", exactly as one that does not exist.
         """
 
+        if idempotency is None:
+            return Accepted(await self._begin_update_at_once(operation, change, folders))
+
         async def begin(conn: Connection) -> Operation:
             return await self._begin_update(conn, operation, change, folders)
 
         return await self._accept(idempotency, operation.id, begin)
+
+    async def _begin_update_at_once(
+        self, operation: Operation, change: ImageChange, folders: list[str] | None
+    ) -> Operation:
+        """The common case as one statement (one round trip, atomic by itself).
+
+        It does what ``_begin_update`` does; when it accepts nothing, ``_begin_update`` runs
+        in a transaction to find out why and raise the precise error.
+        """
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                _BEGIN_UPDATE,
+                operation.image_id,
+                folders,
+                change.name,
+                self.max_unfinished_per_folder,
+                operation.id,
+                operation.created_by,
+                change.to_json(),
+                operation.description,
+                int(ImageStatus.UPDATING),
+                int(ImageStatus.READY),
+            )
+            if row is not None:
+                return replace(
+                    operation,
+                    folder_id=row["folder_id"],
+                    created_at=row["created_at"],
+                    modified_at=row["created_at"],
+                )
+            async with conn.transaction():
+                return await self._begin_update(conn, operation, change, folders)
 
     async def _begin_update(
         self,
