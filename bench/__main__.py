@@ -128,6 +128,23 @@ async def insert_unfinished(url: str, count: int) -> list[str]:
     return ids
 
 
+async def drain(url: str, timeout: float = 300) -> None:
+    """Wait until the workers have finished every Update (the synthetic ones excepted)."""
+    conn = await asyncpg.connect(url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            left = await conn.fetchval(
+                "SELECT count(*) FROM operations WHERE NOT done AND image_id <> 'imgnone'"
+            )
+            if left == 0:
+                return
+            await asyncio.sleep(0.2)
+        raise SystemExit(f"the workers did not finish the backlog in {timeout}s")
+    finally:
+        await conn.close()
+
+
 async def drop_database(name: str) -> None:
     conn = await asyncpg.connect(ADMIN_URL)
     try:
@@ -247,6 +264,7 @@ def main() -> int:
             update_result = run_phase(pool, update_jobs)
             update_rate = update_result.calls / update_result.seconds
 
+            asyncio.run(drain(url))  # the Updates above finish before anything is timed again
             mix = update_result.operation_ids[:5000] + unfinished
             get_result = run_phase(pool, jobs("get", api_address, operation_ids=mix))
             get_rate = get_result.calls / get_result.seconds
@@ -265,6 +283,7 @@ def main() -> int:
                 for part in split(rest[:budget], args.processes)
             ]
             latency_result = run_phase(pool, latency_jobs)
+            asyncio.run(drain(url))
 
             rss_start = {"api": api.rss_mb(), "worker": worker.rss_mb()}
             soak_jobs = [

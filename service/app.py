@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import structlog
 
@@ -41,6 +43,8 @@ from service.published import PublishedMarks
 from service.waiters import OperationWaiters
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 class FinishedOperations:
@@ -86,6 +90,28 @@ class OperationPage:
     next_page_token: str
 
 
+def _image_bytes(image: Image) -> int:
+    """An upper bound of an image's size on the wire."""
+    labels = sum(len(k.encode()) + len(v.encode()) + 8 for k, v in image.labels.items())
+    return 128 + len(image.name.encode()) + len(image.description.encode()) + labels
+
+
+def _operation_bytes(operation: Operation) -> int:
+    image = 0 if operation.response is None else _image_bytes(operation.response)
+    error = 0 if operation.error is None else len(operation.error.message.encode())
+    return 256 + image + error
+
+
+def _fitting(items: Sequence[T], budget: int, size: Callable[[T], int]) -> int:
+    """How many of ``items``, from the first, fit in ``budget`` bytes (at least one)."""
+    total = 0
+    for count, item in enumerate(items):
+        total += size(item)
+        if total > budget and count > 0:
+            return count
+    return len(items)
+
+
 def _operation_not_found(operation_id: str) -> NotFound:
     return NotFound(f"Operation {operation_id} not found")
 
@@ -121,7 +147,11 @@ class ImageApp:
         network_policy: NetworkPolicy | None = None,
         waiters: OperationWaiters | None = None,
         marks: PublishedMarks | None = None,
+        page_bytes: int = 512 * 1024,
     ) -> None:
+        # Pages stop short of this many bytes, whatever their page_size, so a page of the
+        # largest images still fits in a message (the rest comes with next_page_token).
+        self._page_bytes = page_bytes
         self._marks = marks if marks is not None else PublishedMarks(store)
         self._waiters = waiters if waiters is not None else OperationWaiters()
         self._network_policy = network_policy if network_policy is not None else NetworkPolicy()
@@ -221,9 +251,10 @@ class ImageApp:
         caller.require_folder(folder_id)
         query = image_query(folder_id, filter_text, order_by, limit, page_token)
         images = await self._store.list_images(query, limit + 1)
+        fits = _fitting(images, self._page_bytes, _image_bytes)
         next_token = ""
-        if len(images) > limit:
-            images = images[:limit]
+        if len(images) > limit or fits < len(images):
+            images = images[: min(limit, fits)]
             last = images[-1]
             sort_key = {"id": last.id, "name": last.name, "createdAt": last.created_at}
             next_token = query.next_token(sort_key[query.ordering.field], last.id)
@@ -239,6 +270,7 @@ class ImageApp:
         v.raise_if_any()
         query = operation_query(image_id, limit, page_token)
         operations = await self._store.list_operations(query, limit + 1)
+        fits = _fitting(operations, self._page_bytes, _operation_bytes)
         if operations:
             folder = operations[0].folder_id
         elif page_token:
@@ -250,8 +282,8 @@ class ImageApp:
         if folder is not None and not caller.sees(folder):
             raise image_not_found(image_id)
         next_token = ""
-        if len(operations) > limit:
-            operations = operations[:limit]
+        if len(operations) > limit or fits < len(operations):
+            operations = operations[: min(limit, fits)]
             next_token = query.next_token(operations[-1].created_at, operations[-1].id)
         return OperationPage(operations=operations, next_page_token=next_token)
 

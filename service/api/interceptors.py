@@ -22,7 +22,12 @@ from grpc_status import rpc_status
 
 from service.authn import Authenticator
 from service.domain.auth import Principal
-from service.domain.errors import InvalidArgument, ResourceExhausted, ServiceError
+from service.domain.errors import (
+    FieldViolation,
+    InvalidArgument,
+    ResourceExhausted,
+    ServiceError,
+)
 from service.domain.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
@@ -117,9 +122,11 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
             return None
         metadata = handler_call_details.invocation_metadata
         behavior = cast(Behavior, handler.unary_unary)
+        # The request arrives as bytes and is decoded inside the wrapper, so bytes that are
+        # not a valid request get INVALID_ARGUMENT with a request ID like any other error.
         return grpc.unary_unary_rpc_method_handler(
-            _wrap(behavior, method, metadata, self._admit),
-            request_deserializer=handler.request_deserializer,
+            _wrap(behavior, method, metadata, self._admit, handler.request_deserializer),
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
 
@@ -129,11 +136,23 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):
         return principal
 
 
+def _decode(deserializer: Callable[[bytes], Any] | None, raw: Any) -> Any:
+    if deserializer is None:
+        return raw
+    try:
+        return deserializer(raw)
+    except Exception as exc:  # whatever a generated parser raises for malformed input
+        raise InvalidArgument(
+            [FieldViolation("request", "is not a valid encoding of the method's request")]
+        ) from exc
+
+
 def _wrap(
     behavior: Behavior,
     method: str,
     metadata: Any,
     admit: Callable[[Any], Awaitable[Principal]],
+    deserializer: Callable[[bytes], Any] | None,
 ) -> Behavior:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         request_id = str(uuid.uuid4())
@@ -151,7 +170,7 @@ def _wrap(
                 principal = await admit(metadata)
                 structlog.contextvars.bind_contextvars(subject=principal.subject)
                 _CALLER.set(principal)
-                return await behavior(request, context)
+                return await behavior(_decode(deserializer, request), context)
             except ServiceError as exc:
                 code = exc.code.name
                 status = error_status(exc, request_id)

@@ -118,6 +118,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         network_policy=NetworkPolicy(parse_networks(settings.download_allowed_networks)),
         waiters=waiters,
         marks=marks,
+        page_bytes=settings.grpc_max_message_bytes // 2,
     )
 
     interceptor = RequestInterceptor(
