@@ -21,8 +21,6 @@ import itertools
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -34,9 +32,9 @@ import asyncpg
 import grpc
 import pytest
 
+from tests.conftest import migrate
 from tests.faults.cluster import PrivatePostgres, PrivateRabbit, free_port, new_base_dir
 from tests.support import (
-    ROOT,
     BlobServer,
     ServiceProcess,
     base_env,
@@ -126,16 +124,6 @@ async def private_services() -> AsyncIterator[tuple[PrivatePostgres, PrivateRabb
         yield database, broker
     finally:
         await asyncio.gather(asyncio.to_thread(database.cleanup), asyncio.to_thread(broker.cleanup))
-
-
-def migrate(url: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "service", "migrate"],
-        cwd=ROOT,
-        env=base_env(DATABASE_URL=url),
-        check=True,
-        capture_output=True,
-    )
 
 
 class Client:
