@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import grpc
@@ -27,7 +26,11 @@ async def serve() -> None:
 
 
 if __name__ == "__main__":
+    # The same event loop as the API (EVENT_LOOP, uvloop by default): a like-for-like ceiling.
+    from service.loop import run_loop
+    from service.settings import Settings
+
     try:
-        asyncio.run(serve())
+        run_loop(serve(), Settings().event_loop)
     except KeyboardInterrupt:
         sys.exit(0)
