@@ -50,8 +50,9 @@ LOAD_SECONDS = float(os.environ.get("FAULTS_SECONDS", "60"))
 CLIENTS = 6
 WORKERS = 3
 FAULT_GAP_SECONDS = 3.0
-RETRYABLE = {
+RETRYABLE = {  # what the official SDKs retry, with the same idempotency key
     grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.INTERNAL,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.UNKNOWN,
@@ -396,6 +397,9 @@ async def test_nothing_is_lost_applied_twice_or_stuck_under_faults(
         GRPC_GRACE_SECONDS="2",
         WORKER_GRACE_SECONDS="5",
         DOWNLOAD_ALLOWED_NETWORKS="127.0.0.0/8",
+        # All six clients share one subject; the default per-subject rate would throttle them.
+        RATE_LIMIT_PER_SECOND="5000",
+        RATE_LIMIT_BURST="5000",
     )
     stack = Stack(env, tmp_path)
     faults: Counter[str] = Counter()
