@@ -3,11 +3,11 @@
 Runs against a PostgreSQL cluster and a RabbitMQ node of its own (``cluster.py``), so the
 machine's services are never touched. Several clients send Creates and Updates the way the
 official SDKs do (an idempotency key per call, retried with that key on UNAVAILABLE,
-INTERNAL and DEADLINE_EXCEEDED, polling OperationService.Get), while a chaos loop SIGKILLs
-workers and the API, restarts and kills the broker and the database, and terminates database
-connections. When the load stops, every operation a client got back must reach ``done`` and a
-ledger check proves nothing was lost, applied twice, or left in a transitional state, and
-that every image equals the replay of its finished operations.
+RESOURCE_EXHAUSTED, INTERNAL and DEADLINE_EXCEEDED, polling OperationService.Get), while a
+chaos loop SIGKILLs workers and the API, restarts and kills the broker and the database, and
+terminates database connections. When the load stops, every operation a client got back must
+reach ``done`` and a ledger check proves nothing was lost, applied twice, or left in a
+transitional state, and that every image equals the replay of its finished operations.
 
 ``FAULTS_SECONDS`` sets the length of the load (default 60).
 """
