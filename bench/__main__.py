@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import grpc
 
 from bench.load import Job, Result, run_job
 from service.domain.ids import IMAGE_PREFIX, OPERATION_PREFIX, new_id
@@ -64,6 +65,13 @@ class Process:
                 raise SystemExit(f"{self.log.name} exited:\n{self.log.read_text()[-2000:]}")
             time.sleep(0.1)
         raise SystemExit(f"{self.log.name}: no {text!r} within {timeout}s")
+
+    def peak_rss_mb(self) -> float:
+        """The process's peak resident size so far (VmHWM)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -126,6 +134,42 @@ async def insert_unfinished(url: str, count: int) -> list[str]:
     finally:
         await conn.close()
     return ids
+
+
+async def create_large(address: str, token: str, port: str, mib: int) -> dict[str, Any]:
+    """Create an image of ``mib`` MiB and wait for it: the worker streams it through MD5."""
+    from google.longrunning import operations_pb2, operations_pb2_grpc
+    from google.protobuf import duration_pb2
+
+    from bench.blob import expected_md5
+    from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
+
+    metadata = (("authorization", f"Bearer {token}"),)
+    started = time.perf_counter()
+    async with grpc.aio.insecure_channel(address) as channel:
+        op = await image_service_pb2_grpc.ImageServiceStub(channel).Create(
+            image_service_pb2.CreateImageRequest(
+                folder_id="bench-large", name="large", uri=f"http://127.0.0.1:{port}/gib/{mib}"
+            ),
+            metadata=metadata,
+        )
+        lro = operations_pb2_grpc.OperationsStub(channel)
+        while True:
+            done = await lro.WaitOperation(
+                operations_pb2.WaitOperationRequest(
+                    name=op.id, timeout=duration_pb2.Duration(seconds=60)
+                ),
+                metadata=metadata,
+            )
+            if done.done:
+                break
+    image = image_pb2.Image()
+    done.response.Unpack(image)
+    return {
+        "mib": mib,
+        "seconds": round(time.perf_counter() - started, 1),
+        "checksum_ok": image.checksum == expected_md5(mib),
+    }
 
 
 async def drain(url: str, timeout: float = 300) -> None:
@@ -191,6 +235,7 @@ def main() -> int:
         RATE_LIMIT_BURST="1000000",
         MAX_UNFINISHED_OPERATIONS_PER_FOLDER="10000000",
         DB_POOL_MAX="20",
+        DOWNLOAD_ALLOWED_NETWORKS="127.0.0.0/8",  # the large Create's file server
     )
     subprocess.run(
         [sys.executable, "-m", "service", "migrate"],
@@ -301,6 +346,13 @@ def main() -> int:
             soak_result = run_phase(pool, soak_jobs)
             rss_end = {"api": api.rss_mb(), "worker": worker.rss_mb()}
 
+        blob = Process([sys.executable, "-m", "bench.blob"], env, logs / "blob.log")
+        processes.append(blob)
+        blob_port = blob.wait_for("Running on").split(":")[-1].split()[0]
+        mib = 16 if args.smoke else 1024
+        large = asyncio.run(create_large(api_address, token, blob_port, mib))
+        large["worker_peak_rss_mb"] = round(worker.peak_rss_mb(), 1)
+
         figures = {
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
             "settings": vars(args) | {"out": str(out)},
@@ -318,6 +370,7 @@ def main() -> int:
             "rss_growth_percent": {
                 k: round((rss_end[k] / rss_start[k] - 1) * 100, 1) for k in rss_start
             },
+            "large_create": large,
             "soak_seconds": args.soak,
             "soak_updates": len(soak_result.latencies),
             "errors": {
@@ -367,6 +420,11 @@ def main() -> int:
             "RSS worker start -> end",
             f"{rss_start['worker']:.0f} -> {rss_end['worker']:.0f} MB",
             f"{figures['rss_growth_percent']['worker']:+.1f}%",
+        ),
+        (
+            f"worker peak RSS, {large['mib']} MiB Create",
+            f"{large['worker_peak_rss_mb']:.0f} MB",
+            f"({large['seconds']} s, md5 ok: {large['checksum_ok']})",
         ),
     ]
     width = max(len(r[0]) for r in rows)

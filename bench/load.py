@@ -6,6 +6,7 @@ Every phase (echo, Update, Get, latency) is driven by the same code with a diffe
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import time
 from dataclasses import dataclass, field
@@ -94,7 +95,9 @@ def _caller(job: Job, channel: grpc.aio.Channel, metadata: Any, result: Result) 
     payload = image_service_pb2.UpdateImageRequest(
         image_id="img" + "x" * 17, description="benchmark"
     ).SerializeToString()
-    pending = list(reversed(job.image_ids))
+    pending = collections.deque(job.image_ids)
+
+    image_id_of: dict[str, str] = {}
 
     def failed(exc: grpc.aio.AioRpcError) -> None:
         result.errors += 1
@@ -111,7 +114,7 @@ def _caller(job: Job, channel: grpc.aio.Channel, metadata: Any, result: Result) 
     async def update() -> str | None:
         if not pending:
             return None
-        image_id = pending.pop()
+        image_id = pending.popleft()
         try:
             op = await images.Update(
                 image_service_pb2.UpdateImageRequest(image_id=image_id, description="benchmark"),
@@ -122,6 +125,7 @@ def _caller(job: Job, channel: grpc.aio.Channel, metadata: Any, result: Result) 
             return None
         result.calls += 1
         result.operation_ids.append(op.id)
+        image_id_of[op.id] = image_id
         return str(op.id)
 
     async def call_update() -> None:
@@ -154,6 +158,8 @@ def _caller(job: Job, channel: grpc.aio.Channel, metadata: Any, result: Result) 
             return
         if op.done:
             result.latencies.append(time.perf_counter() - started)
+            # READY again: the image can take another Update (a long soak cycles through them).
+            pending.append(image_id_of.pop(operation_id))
 
     return {
         "echo": call_echo,
