@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="how long the API waits for a broker confirm"
     )
     operation_cache_size: int = Field(
-        default=100_000, ge=0, description="finished operations kept in API memory"
+        default=10_000, ge=0, description="finished operations kept in API memory"
     )
 
     # Security and limits

@@ -35,7 +35,7 @@ DESCRIPTIONS = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Image:
     id: str
     folder_id: str
@@ -73,7 +73,7 @@ class Image:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ImageChange:
     """What an Update asks for; a field left ``None`` stays as it is."""
 
@@ -110,7 +110,7 @@ class ImageChange:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewImage:
     """What a Create asks for."""
 
@@ -121,7 +121,7 @@ class NewImage:
     labels: Mapping[str, str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OperationError:
     """How a failed operation ended (``google.rpc.Status`` on the wire)."""
 
@@ -133,7 +133,7 @@ class OperationError:
         return cls(code=exc.code, message=exc.message)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IdempotencyKey:
     """A client's ``idempotency-key`` for one call; ``fingerprint`` identifies the request."""
 
@@ -142,7 +142,7 @@ class IdempotencyKey:
     fingerprint: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Operation:
     id: str
     kind: OperationKind
