@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 from service.adapters.store import Store
 from service.domain.auth import (
@@ -68,8 +69,6 @@ async def create_token(
     token = new_token()
     expires_at = None
     if expires_in_seconds is not None:
-        from datetime import timedelta
-
         expires_at = utcnow() + timedelta(seconds=expires_in_seconds)
     await store.insert_token(
         StoredToken(
