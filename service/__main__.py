@@ -43,6 +43,15 @@ def main() -> None:
 
         migrate(str(settings.database_url))
         return
+    if settings.api_processes > 1:
+        from service.api.processes import run_processes
+
+        raise SystemExit(run_processes(settings.api_processes))
+    serve_api(settings)
+
+
+def serve_api(settings: Settings) -> None:
+    """One API process: its own event loop, pools and gRPC server."""
     logs.configure(settings.log_level, component="api")
     from service.api.server import serve
 

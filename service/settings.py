@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     db_command_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # API
+    api_processes: int = Field(
+        default=1, ge=1, description="API processes sharing GRPC_LISTEN's port (SO_REUSEPORT)"
+    )
     grpc_grace_seconds: float = Field(
         default=10.0, ge=0, description="how long in-flight calls may run after SIGTERM"
     )
@@ -127,6 +130,12 @@ class Settings(BaseSettings):
         from service.domain.network import parse_networks
 
         parse_networks(self.download_allowed_networks)  # ValueError names the bad entry
+        return self
+
+    @model_validator(mode="after")
+    def _shared_port_is_fixed(self) -> Settings:
+        if self.api_processes > 1 and self.grpc_listen.rsplit(":", 1)[-1] == "0":
+            raise ValueError("API_PROCESSES > 1 needs a fixed port in GRPC_LISTEN, not 0")
         return self
 
     @model_validator(mode="after")

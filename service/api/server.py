@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from pathlib import Path
 
@@ -91,6 +92,7 @@ async def _report_health(
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run the API until SIGTERM/SIGINT (or ``stop``), then drain and return."""
     stop = stop or asyncio.Event()
+    structlog.contextvars.bind_contextvars(pid=os.getpid())  # API_PROCESSES may run several
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -129,6 +131,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         interceptors=[interceptor],
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         options=[
+            # Several API processes may listen on one port; the kernel spreads connections.
+            ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ],

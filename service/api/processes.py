@@ -1,0 +1,44 @@
+"""Several API processes on one port (``API_PROCESSES``), for machines with cores to spare.
+
+Each child is a whole API (event loop, pools, server) bound to the same port with
+SO_REUSEPORT, so the kernel spreads incoming connections over them. The parent only forwards
+SIGTERM/SIGINT and waits: each child drains on its own. If one child dies, the others are
+stopped too and the parent exits with its code, for the supervisor to restart the lot.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+from types import FrameType
+
+
+def _child() -> None:
+    from service.__main__ import serve_api
+    from service.settings import Settings
+
+    serve_api(Settings())
+
+
+def run_processes(count: int) -> int:
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_child, name=f"api-{n}") for n in range(count)]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: FrameType | None = None) -> None:
+        for child in children:
+            if child.is_alive() and child.pid is not None:
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    # Wait until any child ends; the signal handler runs meanwhile and the wait goes on.
+    multiprocessing.connection.wait([child.sentinel for child in children])
+    forward(signal.SIGTERM)
+    for child in children:
+        child.join()
+    codes = [child.exitcode for child in children]
+    return 0 if all(code == 0 for code in codes) else next(c for c in codes if c) or 1
