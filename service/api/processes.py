@@ -28,7 +28,14 @@ def run_processes(count: int) -> int:
     for child in children:
         child.start()
 
+    stopping = False
+
     def forward(signum: int, _frame: FrameType | None = None) -> None:
+        # Once only: a second signal could reach a child past its own handler, mid-exit.
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
         for child in children:
             if child.is_alive() and child.pid is not None:
                 os.kill(child.pid, signum)
@@ -37,7 +44,7 @@ def run_processes(count: int) -> int:
     signal.signal(signal.SIGINT, forward)
     # Wait until any child ends; the signal handler runs meanwhile and the wait goes on.
     multiprocessing.connection.wait([child.sentinel for child in children])
-    forward(signal.SIGTERM)
+    forward(signal.SIGTERM)  # one child ended by itself: stop the others
     for child in children:
         child.join()
     codes = [child.exitcode for child in children]
