@@ -306,22 +306,20 @@ class ImageApp:
         The caller's future is woken by the database's notification that the operation
         finished; each wake-up costs one read.
         """
-        operation = await self.get_operation(operation_id, caller)
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
-        while not operation.done and loop.time() < give_up:
+        while True:
             future = self._waiters.register(operation_id)
             try:
-                # Read again after registering: a finish between the reads is not missed.
+                # Read after registering: a finish between the read and the wait is not missed.
                 operation = await self.get_operation(operation_id, caller)
-                if operation.done:
-                    break
+                remaining = give_up - loop.time()
+                if operation.done or remaining <= 0:
+                    return operation
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(future, give_up - loop.time())
+                    await asyncio.wait_for(future, remaining)
             finally:
                 self._waiters.unregister(operation_id, future)
-            operation = await self.get_operation(operation_id, caller)
-        return operation
 
     async def cancel_operation(self, operation_id: str, caller: Principal) -> Operation:
         caller.require_editor()
