@@ -13,7 +13,8 @@ from typing import TypeVar
 import structlog
 
 from service.adapters.queue import Broker
-from service.adapters.store import Accepted, Store
+from service.adapters.store import Accepted, NewUpdate, Store
+from service.batching import MicroBatcher
 from service.domain import ids
 from service.domain.auth import Principal
 from service.domain.errors import NotFound, ServiceError, image_not_found
@@ -159,6 +160,10 @@ class ImageApp:
         self._broker = broker
         self._publish_timeout = publish_timeout
         self._finished = FinishedOperations(cache_size, retention_seconds)
+        # Concurrent calls share round trips: Updates without an idempotency key are accepted
+        # together (group commit), and unfinished operations are read together.
+        self._updates = MicroBatcher(store.begin_updates, max_batch=256, max_in_flight=2)
+        self._reads = MicroBatcher(store.get_operations, max_batch=512, max_in_flight=2)
 
     async def create_image(
         self, request: NewImage, caller: Principal, idempotency: IdempotencyKey | None = None
@@ -193,9 +198,13 @@ class ImageApp:
         """Start an Update of a ``READY`` image (``change`` is already validated)."""
         caller.require_editor()
         operation = _new_operation(OperationKind.UPDATE_IMAGE, image_id, "", caller.subject)
-        accepted = await self._store.begin_update(
-            operation, change, idempotency, caller.folder_filter()
-        )
+        folders = caller.folder_filter()
+        if idempotency is None:
+            together = await self._updates.submit(NewUpdate(operation, change, folders))
+            if together is not None:
+                return await self._enqueue(Accepted(together), caller)
+        # Keyed, or not accepted in the batch: alone, which raises the precise error.
+        accepted = await self._store.begin_update(operation, change, idempotency, folders)
         return await self._enqueue(accepted, caller)
 
     async def delete_image(
@@ -210,21 +219,22 @@ class ImageApp:
     async def _enqueue(self, accepted: Accepted, caller: Principal) -> Operation:
         """Publish a new operation; on failure the outbox relay publishes it later."""
         operation = accepted.operation
-        with structlog.contextvars.bound_contextvars(operation_id=operation.id):
-            if accepted.replayed:
-                # The key's first call may have come through a token of the same subject
-                # with other folders: what this caller may not see stays unseen.
-                if not caller.sees(operation.folder_id):
-                    raise image_not_found(operation.image_id)
-                log.info("operation.replayed", kind=operation.kind.value)
-                return operation
-            try:
-                await self._broker.publish(operation.id, self._publish_timeout)
-                self._marks.add(operation.id)
-            except ServiceError as exc:
-                log.warning("operation.publish_deferred", error=exc.message)
-            else:
-                log.info("operation.accepted", kind=operation.kind.value)
+        if accepted.replayed:
+            # The key's first call may have come through a token of the same subject
+            # with other folders: what this caller may not see stays unseen.
+            if not caller.sees(operation.folder_id):
+                raise image_not_found(operation.image_id)
+            log.info("operation.replayed", operation_id=operation.id, kind=operation.kind.value)
+            return operation
+        # Bound for the rest of the call: its access log line (rpc.done) names the operation.
+        structlog.contextvars.bind_contextvars(operation_id=operation.id)
+        try:
+            await self._broker.publish(operation.id, self._publish_timeout)
+            self._marks.add(operation.id)
+        except ServiceError as exc:
+            log.warning("operation.publish_deferred", error=exc.message)
+        else:
+            log.debug("operation.accepted", kind=operation.kind.value)
         return operation
 
     async def get_image(self, image_id: str, caller: Principal) -> Image:
@@ -291,7 +301,7 @@ class ImageApp:
         validate_operation_id(operation_id)
         operation = self._finished.get(operation_id)
         if operation is None:
-            operation = await self._store.get_operation(operation_id)
+            operation = await self._reads.submit(operation_id)
             if operation is not None:
                 self._finished.put(operation)
         if operation is None or not caller.sees(operation.folder_id):

@@ -185,6 +185,82 @@ RETURNING folder_id, created_at
 """
 
 
+# The same as _BEGIN_UPDATE for many Updates at once, one array element per Update.
+_BEGIN_UPDATES = """
+WITH requested AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
+        AS r(image_id, operation_id, name, created_by, request)
+), image AS (
+    UPDATE images SET status = $9
+    FROM requested
+    WHERE images.id = requested.image_id AND images.status = $10
+      AND ($6::text[] IS NULL OR images.folder_id = ANY($6))
+      AND (requested.name IS NULL OR NOT EXISTS (
+          SELECT 1 FROM images other
+          WHERE other.folder_id = images.folder_id AND other.name = requested.name
+            AND other.id <> images.id))
+      AND (SELECT count(*) FROM operations
+           WHERE operations.folder_id = images.folder_id AND NOT done) < $7
+    RETURNING images.folder_id, requested.*
+)
+INSERT INTO operations (id, kind, image_id, folder_id, description, created_at, created_by,
+                        modified_at, request)
+SELECT operation_id, 'update_image', image_id, folder_id, $8, clock_timestamp(), created_by,
+       clock_timestamp(), request
+FROM image
+RETURNING id, folder_id, created_at
+"""
+
+
+# An Update applied and finished in one statement: the operation row locked first (as the
+# worker's transaction does), the change applied as ImageChange.apply does, the revision
+# counted, and the response written as Image.snapshot writes it.
+_APPLY_UPDATE = """
+WITH operation AS (
+    SELECT id, image_id, request FROM operations
+    WHERE id = $1 AND kind = 'update_image' AND NOT done
+      -- A request of another shape than the API writes is left to the worker's code.
+      AND jsonb_typeof(coalesce(request->'name', '""')) = 'string'
+      AND jsonb_typeof(coalesce(request->'description', '""')) = 'string'
+      AND jsonb_typeof(coalesce(request->'labels', '{}')) = 'object'
+      AND NOT EXISTS (SELECT 1 FROM jsonb_each(coalesce(request->'labels', '{}'))
+                      WHERE jsonb_typeof(value) <> 'string')
+    FOR UPDATE
+), applied AS (
+    UPDATE images SET
+        name = coalesce(operation.request->>'name', images.name),
+        description = coalesce(operation.request->>'description', images.description),
+        labels = coalesce(operation.request->'labels', images.labels),
+        status = $2,
+        revision = images.revision + 1
+    FROM operation
+    WHERE images.id = operation.image_id AND images.status = $3
+    RETURNING images.id, images.folder_id, images.name, images.description, images.checksum,
+              images.status, images.created_at, images.labels
+)
+UPDATE operations SET done = true, modified_at = now(), lease_until = NULL,
+    response = jsonb_build_object(
+        'id', applied.id, 'folder_id', applied.folder_id, 'name', applied.name,
+        'description', applied.description, 'checksum', applied.checksum,
+        'status', applied.status,
+        'created_at', to_char(applied.created_at AT TIME ZONE 'UTC',
+                              'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+        'labels', applied.labels)
+FROM applied
+WHERE operations.id = $1
+RETURNING operations.id
+"""
+
+
+@dataclass(frozen=True)
+class NewUpdate:
+    """An Update to accept: its new operation, the change, and the caller's folder filter."""
+
+    operation: Operation
+    change: ImageChange
+    folders: list[str] | None
+
+
 class Store:
     """Queries of the API and the workers over one connection pool."""
 
@@ -376,6 +452,43 @@ class Store:
             async with conn.transaction():
                 return await self._begin_update(conn, operation, change, folders)
 
+    async def begin_updates(self, updates: Sequence[NewUpdate]) -> list[Operation | None]:
+        """Accept many Updates with one statement per folder filter (group commit).
+
+        Each is accepted exactly as ``_begin_update_at_once`` would accept it alone; one that
+        is not (``None``) is left for ``begin_update`` to find out why. Two Updates of one
+        image in a batch: one is accepted, the other finds the image ``UPDATING``.
+        """
+        results: dict[str, Operation] = {}
+        by_filter: dict[tuple[str, ...] | None, list[NewUpdate]] = {}
+        for update in updates:
+            key = None if update.folders is None else tuple(update.folders)
+            by_filter.setdefault(key, []).append(update)
+        async with self._connection() as conn:
+            for folders, group in by_filter.items():
+                rows = await conn.fetch(
+                    _BEGIN_UPDATES,
+                    [u.operation.image_id for u in group],
+                    [u.operation.id for u in group],
+                    [u.change.name for u in group],
+                    [u.operation.created_by for u in group],
+                    [u.change.to_json() for u in group],
+                    None if folders is None else list(folders),
+                    self.max_unfinished_per_folder,
+                    group[0].operation.description,
+                    int(ImageStatus.UPDATING),
+                    int(ImageStatus.READY),
+                )
+                by_id = {u.operation.id: u.operation for u in group}
+                for row in rows:
+                    results[row["id"]] = replace(
+                        by_id[row["id"]],
+                        folder_id=row["folder_id"],
+                        created_at=row["created_at"],
+                        modified_at=row["created_at"],
+                    )
+        return [results.get(u.operation.id) for u in updates]
+
     async def _begin_update(
         self,
         conn: Connection,
@@ -545,6 +658,16 @@ class Store:
                 f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE id = $1", operation_id
             )
         return None if row is None else _operation(row)
+
+    async def get_operations(self, operation_ids: Sequence[str]) -> list[Operation | None]:
+        """Several operations in one read, in the order asked (``None``: no such operation)."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE id = ANY($1::text[])",
+                list(operation_ids),
+            )
+        found = {row["id"]: _operation(row) for row in rows}
+        return [found.get(operation_id) for operation_id in operation_ids]
 
     async def cancel_operation(
         self, operation_id: str, folders: list[str] | None = None

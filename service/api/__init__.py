@@ -1,1 +1,1 @@
-"""The gRPC entrypoint: servicers, conversions, interceptors and the server."""
+"""The gRPC entrypoint: servicers, conversions, the frame of every call, and the server."""

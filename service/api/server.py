@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from service.adapters.queue import Broker
 from service.adapters.store import DoneListener, Store, wait_for_database
-from service.api.interceptors import RequestInterceptor
+from service.api.calls import CallHandling
 from service.api.servicers import ImageService, LongRunningOperations, OperationService
 from service.app import ImageApp
 from service.authn import Authenticator
@@ -123,12 +123,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         page_bytes=settings.grpc_max_message_bytes // 2,
     )
 
-    interceptor = RequestInterceptor(
+    calls = CallHandling(
         Authenticator(store, settings.auth_cache_seconds),
         RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
     )
     server = grpc.aio.server(
-        interceptors=[interceptor],
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         options=[
             # Several API processes may listen on one port; the kernel spreads connections.
@@ -137,9 +136,17 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ],
     )
-    image_service_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(app), server)
-    operation_service_pb2_grpc.add_OperationServiceServicer_to_server(OperationService(app), server)
-    operations_pb2_grpc.add_OperationsServicer_to_server(LongRunningOperations(app), server)
+    calls.add_services(
+        server,
+        (
+            (image_service_pb2_grpc.add_ImageServiceServicer_to_server, ImageService(app)),
+            (
+                operation_service_pb2_grpc.add_OperationServiceServicer_to_server,
+                OperationService(app, settings.operation_cache_size),
+            ),
+            (operations_pb2_grpc.add_OperationsServicer_to_server, LongRunningOperations(app)),
+        ),
+    )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(

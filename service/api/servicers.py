@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
+from typing import cast
 
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
+from service.api.calls import caller
 from service.api.convert import image_to_proto, longrunning_operation, operation_to_proto
-from service.api.interceptors import caller
 from service.app import ImageApp
 from service.domain.errors import Unimplemented
-from service.domain.model import IdempotencyKey, NewImage
+from service.domain.model import IdempotencyKey, NewImage, Operation
 from service.domain.validation import resolve_update, validate_idempotency_key
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_pb2, operation_service_pb2, operation_service_pb2_grpc
@@ -110,14 +112,41 @@ class ImageService(image_service_pb2_grpc.ImageServiceServicer):
         )
 
 
+class EncodedOperations:
+    """Finished operations as they go on the wire, encoded once (least recently used out).
+
+    A finished operation never changes, so a poller's every later Get is answered with the
+    same bytes; the call frame sends them as they are.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+
+    def encoded(self, operation: Operation) -> bytes:
+        data = self._items.get(operation.id)
+        if data is None:
+            data = operation_to_proto(operation).SerializeToString()
+            if operation.done and self._capacity > 0:
+                self._items[operation.id] = data
+                if len(self._items) > self._capacity:
+                    self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(operation.id)
+        return data
+
+
 class OperationService(operation_service_pb2_grpc.OperationServiceServicer):
-    def __init__(self, app: ImageApp) -> None:
+    def __init__(self, app: ImageApp, encoded_cache_size: int = 10_000) -> None:
         self._app = app
+        self._encoded = EncodedOperations(encoded_cache_size)
 
     async def Get(
         self, request: operation_service_pb2.GetOperationRequest, context: Context
     ) -> operation_pb2.Operation:
-        return operation_to_proto(await self._app.get_operation(request.operation_id, caller()))
+        operation = await self._app.get_operation(request.operation_id, caller())
+        # Already encoded: the call frame sends bytes as they are.
+        return cast(operation_pb2.Operation, self._encoded.encoded(operation))
 
     async def Cancel(
         self, request: operation_service_pb2.CancelOperationRequest, context: Context

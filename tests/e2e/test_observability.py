@@ -139,17 +139,17 @@ async def test_logs_are_json_lines_that_carry_the_request_and_operation_ids(
     assert done.WhichOneof("result") == "response", done
 
     async def api_logged() -> bool:
-        accepted = api.logged(
-            "operation.accepted", request_id=request_id, operation_id=operation.id
+        # One line per call that changes something, naming the operation it started.
+        return bool(
+            api.logged(
+                "rpc.done",
+                request_id=request_id,
+                client_request_id=client_request_id,
+                method=f"/{IMAGE_SERVICE}/Update",
+                code="OK",
+                operation_id=operation.id,
+            )
         )
-        rpc_done = api.logged(
-            "rpc.done",
-            request_id=request_id,
-            client_request_id=client_request_id,
-            method=f"/{IMAGE_SERVICE}/Update",
-            code="OK",
-        )
-        return bool(accepted and rpc_done)
 
     async def worker_logged() -> bool:
         return any(w.logged("operation.done", operation_id=operation.id) for w in workers)
@@ -216,3 +216,26 @@ async def test_an_error_carries_the_request_id_of_its_call(
         return bool(api.logged("rpc.done", request_id=request_id, code=code.name))
 
     await eventually(logged, timeout=10, what="the failed call's rpc.done log line")
+
+
+async def test_a_successful_read_is_not_logged_at_info_but_a_change_is(
+    images, operations, blobs, api: ServiceProcess
+):
+    """Pollers read at high volume: their successful calls are DEBUG lines, while every call
+    that changes something (and every failed call, above) is an INFO line."""
+    image = await create_ready_image(images, operations, blobs.url("/blob/100"), folder())
+    update = images.Update(
+        image_service_pb2.UpdateImageRequest(image_id=image.id, description="logged")
+    )
+    operation = await update
+    update_id = metadata_value(await update.initial_metadata(), "x-request-id")
+    get = operations.Get(operation_service_pb2.GetOperationRequest(operation_id=operation.id))
+    await get
+    get_id = metadata_value(await get.initial_metadata(), "x-request-id")
+
+    async def update_logged() -> bool:
+        return bool(api.logged("rpc.done", request_id=update_id, code="OK"))
+
+    await eventually(update_logged, timeout=10, what="the Update's rpc.done line")
+    # The Get finished before the Update's line was read: had it been logged, it is there now.
+    assert not api.logged("rpc.done", request_id=get_id)

@@ -12,7 +12,8 @@ from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_
 
 async def test_api_processes_share_the_port_and_stop_together(processes, own_stack_env):
     port = free_port()
-    env = own_stack_env(API_PROCESSES="2", GRPC_LISTEN=f"127.0.0.1:{port}")
+    # Successful reads are logged at DEBUG; the List calls below tell the processes apart.
+    env = own_stack_env(API_PROCESSES="2", GRPC_LISTEN=f"127.0.0.1:{port}", LOG_LEVEL="DEBUG")
     api = await processes.start("service", env, "api-processes")
 
     async def both_started() -> bool:

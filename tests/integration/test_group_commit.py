@@ -1,0 +1,183 @@
+"""Accepting many Updates in one statement, and reading many operations in one query, against
+the real PostgreSQL: each is accepted, refused or read exactly as it would be alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from service.adapters.queue import Broker
+from service.adapters.store import NewUpdate, Store
+from service.app import ImageApp
+from service.domain import ids
+from service.domain.auth import Principal, Role
+from service.domain.errors import AlreadyExists, FailedPrecondition, NotFound
+from service.domain.model import DESCRIPTIONS, ImageChange, Operation, OperationKind, utcnow
+from tests.conftest import AMQP_URL
+
+READY, UPDATING, CREATING = 2, 5, 1
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = await Store.connect(database_url, min_size=1, max_size=4, command_timeout=10)
+    yield store
+    await store.close()
+
+
+async def add_image(db, folder: str, name: str | None = None, status: int = READY) -> str:
+    image_id = ids.new_id(ids.IMAGE_PREFIX)
+    await db.execute(
+        "INSERT INTO images (id, folder_id, name, status) VALUES ($1, $2, $3, $4)",
+        image_id,
+        folder,
+        name or image_id,
+        status,
+    )
+    return image_id
+
+
+def update(image_id: str, change: ImageChange, folders: list[str] | None = None) -> NewUpdate:
+    now = utcnow()
+    operation = Operation(
+        id=ids.new_id(ids.OPERATION_PREFIX),
+        kind=OperationKind.UPDATE_IMAGE,
+        image_id=image_id,
+        folder_id="",
+        description=DESCRIPTIONS[OperationKind.UPDATE_IMAGE],
+        created_at=now,
+        created_by="tester",
+        modified_at=now,
+        done=False,
+    )
+    return NewUpdate(operation, change, folders)
+
+
+def folder() -> str:
+    return "fgc" + ids.new_id("fgc")[3:]
+
+
+async def test_a_batch_of_updates_is_accepted_with_one_operation_row_each(store, db):
+    f = folder()
+    images = [await add_image(db, f) for _ in range(5)]
+    batch = [update(i, ImageChange(description=f"d{n}")) for n, i in enumerate(images)]
+    accepted = await store.begin_updates(batch)
+    assert [op.id if op else None for op in accepted] == [u.operation.id for u in batch]
+    assert all(op is not None and op.folder_id == f for op in accepted)
+    rows = await db.fetch(
+        "SELECT id, image_id, folder_id, request, created_by, done FROM operations"
+        " WHERE image_id = ANY($1) ORDER BY image_id",
+        images,
+    )
+    assert sorted((r["image_id"], json.loads(r["request"])["description"]) for r in rows) == sorted(
+        (i, f"d{n}") for n, i in enumerate(images)
+    )
+    assert all(r["folder_id"] == f and r["created_by"] == "tester" and not r["done"] for r in rows)
+    statuses = await db.fetch("SELECT status FROM images WHERE id = ANY($1)", images)
+    assert {r["status"] for r in statuses} == {UPDATING}
+
+
+async def test_what_a_batch_does_not_accept_is_left_untouched(store, db):
+    f, other = folder(), folder()
+    ready = await add_image(db, f)
+    twice = await add_image(db, f)
+    creating = await add_image(db, f, status=CREATING)
+    hidden = await add_image(db, other)
+    renamed = await add_image(db, f)
+    await add_image(db, f, name="taken")
+    batch = [
+        update(ready, ImageChange(description="ok"), [f]),
+        update(twice, ImageChange(description="first"), [f]),
+        update(twice, ImageChange(description="second"), [f]),
+        update(creating, ImageChange(description="no"), [f]),
+        update(hidden, ImageChange(description="no"), [f]),
+        update(renamed, ImageChange(name="taken"), [f]),
+        update(ids.new_id(ids.IMAGE_PREFIX), ImageChange(description="no such image"), [f]),
+    ]
+    accepted = await store.begin_updates(batch)
+    assert accepted[0] is not None
+    assert (accepted[1] is None) != (accepted[2] is None), "exactly one Update of one image"
+    assert accepted[3:] == [None, None, None, None]
+    count = await db.fetchval(
+        "SELECT count(*) FROM operations WHERE image_id = ANY($1)",
+        [ready, twice, creating, hidden, renamed],
+    )
+    assert count == 2
+    statuses = dict(
+        await db.fetch(
+            "SELECT id, status FROM images WHERE id = ANY($1)", [creating, hidden, renamed]
+        )
+    )
+    assert statuses == {creating: CREATING, hidden: READY, renamed: READY}
+
+
+async def test_updates_with_other_folder_filters_in_one_batch_each_see_their_own(store, db):
+    f, g = folder(), folder()
+    in_f, in_g = await add_image(db, f), await add_image(db, g)
+    batch = [
+        update(in_f, ImageChange(description="f"), [f]),
+        update(in_g, ImageChange(description="g sees f? no"), [f]),
+        update(in_g, ImageChange(description="g"), [g]),
+        update(in_f, ImageChange(description="everyone"), None),
+    ]
+    accepted = await store.begin_updates(batch)
+    assert accepted[0] is not None
+    assert accepted[0].folder_id == f
+    assert accepted[1] is None
+    assert accepted[2] is not None
+    assert accepted[2].folder_id == g
+    assert accepted[3] is None, "the image is UPDATING after the first Update"
+
+
+async def test_operations_are_read_together_in_the_order_asked(store, db):
+    f = folder()
+    images = [await add_image(db, f) for _ in range(3)]
+    batch = [update(i, ImageChange(description="x")) for i in images]
+    accepted = await store.begin_updates(batch)
+    wanted = [accepted[2].id, ids.new_id(ids.OPERATION_PREFIX), accepted[0].id, accepted[2].id]
+    read = await store.get_operations(wanted)
+    assert [op.id if op else None for op in read] == [wanted[0], None, wanted[2], wanted[3]]
+    assert read[0].image_id == images[2]
+    assert not read[0].done
+
+
+@pytest.fixture
+async def broker(queue_names) -> AsyncIterator[Broker]:
+    broker = Broker(AMQP_URL, queue_names("group-commit"), 5)
+    broker.start()
+    await broker.wait_connected(30)
+    yield broker
+    await broker.close()
+
+
+async def test_concurrent_updates_through_the_app_get_the_same_answers_as_alone(store, db, broker):
+    """Group commit changes no answer: one Update per image is accepted, the others get the
+    precise error they would get one at a time."""
+    f = folder()
+    app = ImageApp(store, broker, publish_timeout=5, cache_size=100)
+    caller = Principal(subject="tester", role=Role.EDITOR, folders=frozenset({f}))
+    images = [await add_image(db, f) for _ in range(4)]
+    creating = await add_image(db, f, status=CREATING)
+    await add_image(db, f, name="taken")
+    calls = [app.update_image(i, ImageChange(description="a"), caller) for i in images]
+    calls += [app.update_image(i, ImageChange(description="b"), caller) for i in images]
+    calls.append(app.update_image(creating, ImageChange(description="c"), caller))
+    calls.append(app.update_image(images[0], ImageChange(name="taken"), caller))
+    calls.append(
+        app.update_image(ids.new_id(ids.IMAGE_PREFIX), ImageChange(description="d"), caller)
+    )
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    per_image = [
+        [r for r in (results[n], results[n + 4]) if isinstance(r, Operation)] for n in range(4)
+    ]
+    assert all(len(accepted) == 1 for accepted in per_image), results
+    refused = [r for r in results[:8] if not isinstance(r, Operation)]
+    assert len(refused) == 4, refused
+    assert all(isinstance(r, FailedPrecondition) for r in refused), refused
+    assert isinstance(results[8], FailedPrecondition), results[8]
+    # The image is UPDATING by now, so the rename is refused for that (checked first).
+    assert isinstance(results[9], FailedPrecondition | AlreadyExists), results[9]
+    assert isinstance(results[10], NotFound), results[10]
