@@ -46,6 +46,9 @@ class Executor:
 
         Raises a retryable ``ServiceError`` when the database is unreachable.
         """
+        if await self._store.apply_update_at_once(operation_id):
+            log.info("operation.done")
+            return
         async with self._store.transaction() as tx:
             operation = await tx.lock_operation(operation_id)
             if operation is None:

@@ -767,6 +767,23 @@ class Store:
 
     # --- the workers' side -------------------------------------------------------------
 
+    async def apply_update_at_once(self, operation_id: str) -> bool:
+        """Apply and finish an unfinished Update of an ``UPDATING`` image in one statement.
+
+        The common case in one round trip, atomic by itself, doing what the worker's
+        transaction does. False when there is nothing it can do alone (another kind, done
+        already, the image gone or not ``UPDATING``, the new name taken): the transaction
+        then finds out which and finishes the operation accordingly.
+        """
+        async with self._connection() as conn:
+            try:
+                finished = await conn.fetchval(
+                    _APPLY_UPDATE, operation_id, int(ImageStatus.READY), int(ImageStatus.UPDATING)
+                )
+            except asyncpg.UniqueViolationError:
+                return False
+        return finished is not None
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """One transaction on one connection; commits when the block ends without error."""

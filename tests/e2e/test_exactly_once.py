@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
 
 import aio_pika
 
@@ -86,7 +87,7 @@ async def test_a_worker_killed_in_the_middle_of_an_update_does_not_lose_or_repea
 ):
     env = own_stack_env(WORKER_CONCURRENCY="1")
     api = await processes.start("service", env, "api-kill-update")
-    doomed = await processes.start("workers", env, "worker-doomed")
+    creator = await processes.start("workers", env, "worker-creator")
 
     from yandex.cloud.operation import operation_service_pb2_grpc
 
@@ -94,16 +95,19 @@ async def test_a_worker_killed_in_the_middle_of_an_update_does_not_lose_or_repea
         images = image_service_pb2_grpc_stub(channel)
         operations = operation_service_pb2_grpc.OperationServiceStub(channel)
         image = await create_ready_image(images, operations, blobs.url("/blob/8"), folder())
+        creator.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(creator.wait, 30) == 0
+        op = await images.Update(
+            image_service_pb2.UpdateImageRequest(image_id=image.id, description="survives")
+        )
         async with db.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT 1 FROM images WHERE id = $1 FOR KEY SHARE", image.id)
-            op = await images.Update(
-                image_service_pb2.UpdateImageRequest(image_id=image.id, description="survives")
-            )
+            await conn.execute("SELECT 1 FROM images WHERE id = $1 FOR UPDATE", image.id)
+            doomed = await processes.start("workers", env, "worker-doomed")
 
             async def worker_mid_update() -> bool:
                 return await backend_waiting_on_lock(db, "images")
 
-            # The worker holds the operation row and waits for the image row: mid-transaction.
+            # The worker holds the operation row and waits for the image row: mid-update.
             await eventually(worker_mid_update, what="the worker to be inside the update")
             doomed.kill()
             await processes.start("workers", env, "worker-survivor")

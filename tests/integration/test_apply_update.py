@@ -1,0 +1,166 @@
+"""The worker's one-statement Update against the real PostgreSQL: it does exactly what the
+transaction does, and leaves everything else to it untouched."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from service.adapters.store import Store
+from service.domain import ids
+from service.domain.model import Image, ImageChange, ImageStatus
+from tests.integration.test_group_commit import add_image, folder, update
+from workers.executor import _apply_update
+
+READY, UPDATING = int(ImageStatus.READY), int(ImageStatus.UPDATING)
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    store = await Store.connect(database_url, min_size=1, max_size=4, command_timeout=10)
+    yield store
+    await store.close()
+
+
+async def started(store: Store, image_id: str, change: ImageChange) -> str:
+    [operation] = await store.begin_updates([update(image_id, change)])
+    assert operation is not None
+    return operation.id
+
+
+async def state(db, image_id: str, operation_id: str) -> tuple[dict, dict]:
+    image = dict(
+        await db.fetchrow(
+            "SELECT name, description, labels, status, checksum, revision FROM images"
+            " WHERE id = $1",
+            image_id,
+        )
+    )
+    image["labels"] = json.loads(image["labels"])
+    operation = dict(
+        await db.fetchrow(
+            "SELECT done, response, error_code, error_message, lease_until FROM operations"
+            " WHERE id = $1",
+            operation_id,
+        )
+    )
+    if operation["response"] is not None:
+        operation["response"] = json.loads(operation["response"])
+    return image, operation
+
+
+CHANGES = {
+    "description": ImageChange(description="new"),
+    "cleared description": ImageChange(description=""),
+    "name": ImageChange(name="renamed"),
+    "labels": ImageChange(labels={"a": "1", "b": ""}),
+    "cleared labels": ImageChange(labels={}),
+    "everything": ImageChange(name="all", description="d", labels={"k": "v"}),
+}
+
+
+@pytest.mark.parametrize("case", list(CHANGES))
+async def test_one_statement_does_what_the_transaction_does(store, db, case):
+    change = CHANGES[case]
+    results = []
+    for one_statement in (True, False):
+        f = folder()
+        image_id = await add_image(db, f, name="before")
+        await db.execute(
+            "UPDATE images SET description = 'old', labels = '{\"x\": \"y\"}' WHERE id = $1",
+            image_id,
+        )
+        operation_id = await started(store, image_id, change)
+        if one_statement:
+            assert await store.apply_update_at_once(operation_id)
+        else:
+            async with store.transaction() as tx:
+                claimed = await tx.lock_operation(operation_id)
+                assert claimed is not None
+                await _apply_update(tx, claimed)
+        image, operation = await state(db, image_id, operation_id)
+        response = Image.from_snapshot(operation.pop("response"))
+        assert response.id == image_id
+        assert response.folder_id == f
+        results.append((image, operation, response.name, response.description, response.labels))
+    assert results[0] == results[1]
+    image, operation, *_ = results[0]
+    assert image["status"] == READY
+    assert image["revision"] == 1
+    assert operation["done"]
+
+
+async def test_the_response_is_the_image_as_it_was_written(store, db):
+    image_id = await add_image(db, folder())
+    operation_id = await started(store, image_id, ImageChange(description="seen"))
+    assert await store.apply_update_at_once(operation_id)
+    row = await db.fetchrow("SELECT created_at, checksum FROM images WHERE id = $1", image_id)
+    _, operation = await state(db, image_id, operation_id)
+    response = Image.from_snapshot(operation["response"])
+    assert response.created_at == row["created_at"]
+    assert response.status is ImageStatus.READY
+    assert response.description == "seen"
+
+
+async def test_what_it_cannot_do_alone_it_leaves_untouched(store, db):
+    f = folder()
+    renamed = await add_image(db, f)
+    rename = await started(store, renamed, ImageChange(name="taken"))
+    taken_name = await add_image(db, f, name="taken")  # taken after the Update was accepted
+    gone = await add_image(db, f)
+    gone_op = await started(store, gone, ImageChange(description="x"))
+    await db.execute("DELETE FROM images WHERE id = $1", gone)
+    done_image = await add_image(db, f)
+    done_op = await started(store, done_image, ImageChange(description="x"))
+    assert await store.apply_update_at_once(done_op)
+    revision = await db.fetchval("SELECT revision FROM images WHERE id = $1", done_image)
+
+    for operation_id in (rename, gone_op, done_op, ids.new_id(ids.OPERATION_PREFIX)):
+        assert not await store.apply_update_at_once(operation_id)
+    image, operation = await state(db, renamed, rename)
+    assert image["status"] == UPDATING
+    assert image["revision"] == 0
+    assert not operation["done"]
+    assert not await db.fetchval("SELECT done FROM operations WHERE id = $1", gone_op)
+    assert await db.fetchval("SELECT revision FROM images WHERE id = $1", done_image) == revision
+    assert await db.fetchval("SELECT name FROM images WHERE id = $1", taken_name) == "taken"
+
+
+async def test_a_delete_is_left_to_the_transaction(store, db):
+    image_id = await add_image(db, folder())
+    operation_id = ids.new_id(ids.OPERATION_PREFIX)
+    await db.execute(
+        "INSERT INTO operations (id, kind, image_id, folder_id, description, request)"
+        " VALUES ($1, 'delete_image', $2, 'f', 'Delete image', '{}')",
+        operation_id,
+        image_id,
+    )
+    await db.execute("UPDATE images SET status = $2 WHERE id = $1", image_id, UPDATING)
+    assert not await store.apply_update_at_once(operation_id)
+    assert not await db.fetchval("SELECT done FROM operations WHERE id = $1", operation_id)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        {"labels": "not-a-map"},
+        {"labels": {"k": 1}},
+        {"name": 5},
+        {"description": ["x"]},
+    ],
+)
+async def test_a_request_of_another_shape_is_left_to_the_transaction(store, db, request_):
+    """Only the API writes requests; should one be corrupt, the worker's code deals with it."""
+    image_id = await add_image(db, folder(), status=UPDATING)
+    operation_id = ids.new_id(ids.OPERATION_PREFIX)
+    await db.execute(
+        "INSERT INTO operations (id, kind, image_id, folder_id, description, request)"
+        " VALUES ($1, 'update_image', $2, 'f', 'Update image', $3::jsonb)",
+        operation_id,
+        image_id,
+        json.dumps(request_),
+    )
+    assert not await store.apply_update_at_once(operation_id)
+    assert await db.fetchval("SELECT revision FROM images WHERE id = $1", image_id) == 0
