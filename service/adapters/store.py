@@ -190,10 +190,16 @@ _BEGIN_UPDATES = """
 WITH requested AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
         AS r(image_id, operation_id, name, created_by, request)
+), locked AS (
+    -- Rows locked in one order, so batches sharing images wait for each other, never deadlock.
+    SELECT id FROM images WHERE id IN (SELECT image_id FROM requested)
+    ORDER BY id
+    FOR NO KEY UPDATE
 ), image AS (
     UPDATE images SET status = $9
     FROM requested
-    WHERE images.id = requested.image_id AND images.status = $10
+    WHERE images.id = requested.image_id AND images.id IN (SELECT id FROM locked)
+      AND images.status = $10
       AND ($6::text[] IS NULL OR images.folder_id = ANY($6))
       AND (requested.name IS NULL OR NOT EXISTS (
           SELECT 1 FROM images other

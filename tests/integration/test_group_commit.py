@@ -17,6 +17,7 @@ from service.domain.auth import Principal, Role
 from service.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from service.domain.model import DESCRIPTIONS, ImageChange, Operation, OperationKind, utcnow
 from tests.conftest import AMQP_URL
+from tests.support import eventually
 
 READY, UPDATING, CREATING = 2, 5, 1
 
@@ -181,3 +182,33 @@ async def test_concurrent_updates_through_the_app_get_the_same_answers_as_alone(
     # The image is UPDATING by now, so the rename is refused for that (checked first).
     assert isinstance(results[9], FailedPrecondition | AlreadyExists), results[9]
     assert isinstance(results[10], NotFound), results[10]
+
+
+async def test_batches_sharing_images_in_opposite_orders_do_not_deadlock(store, db):
+    """Both batches queue behind a session holding the images, then go one after the other."""
+    f = folder()
+    a, b = await add_image(db, f), await add_image(db, f)
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM images WHERE id = ANY($1) FOR UPDATE", [a, b])
+        first = asyncio.create_task(
+            store.begin_updates(
+                [update(a, ImageChange(description="1a")), update(b, ImageChange(description="1b"))]
+            )
+        )
+        second = asyncio.create_task(
+            store.begin_updates(
+                [update(b, ImageChange(description="2b")), update(a, ImageChange(description="2a"))]
+            )
+        )
+
+        async def both_waiting() -> bool:
+            waiting = await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query ILIKE '%requested%'"
+            )
+            return waiting == 2
+
+        await eventually(both_waiting, timeout=10, what="both batches to wait for the images")
+    results = await asyncio.gather(first, second)
+    accepted = [op for batch in results for op in batch if op is not None]
+    assert sorted(op.image_id for op in accepted) == sorted([a, b])
