@@ -16,6 +16,7 @@ from dataclasses import replace
 import structlog
 
 from service.adapters.store import ClaimedOperation, Store, Transaction
+from service.batching import MicroBatcher
 from service.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -40,13 +41,15 @@ class Executor:
         self._store = store
         self._settings = settings
         self._network_policy = NetworkPolicy(parse_networks(settings.download_allowed_networks))
+        # Updates delivered together are applied together: one statement, one commit.
+        self._updates = MicroBatcher(store.apply_updates, max_batch=128, max_in_flight=2)
 
     async def execute(self, operation_id: str) -> None:
         """Bring the operation to ``done``, unless it is done or another worker holds it.
 
         Raises a retryable ``ServiceError`` when the database is unreachable.
         """
-        if await self._store.apply_update_at_once(operation_id):
+        if await self._updates.submit(operation_id):
             log.info("operation.done")
             return
         async with self._store.transaction() as tx:

@@ -218,19 +218,26 @@ RETURNING id, folder_id, created_at
 """
 
 
-# An Update applied and finished in one statement: the operation row locked first (as the
-# worker's transaction does), the change applied as ImageChange.apply does, the revision
-# counted, and the response written as Image.snapshot writes it.
-_APPLY_UPDATE = """
+# Updates applied and finished in one statement: the operation rows locked first (as the
+# worker's transaction does), then the images, each in one order so that concurrent batches
+# wait for each other and never deadlock; the change applied as ImageChange.apply does, the
+# revision counted, and the response written as Image.snapshot writes it.
+_APPLY_UPDATES = """
 WITH operation AS (
     SELECT id, image_id, request FROM operations
-    WHERE id = $1 AND kind = 'update_image' AND NOT done
+    WHERE id = ANY($1::text[]) AND kind = 'update_image' AND NOT done
       -- A request of another shape than the API writes is left to the worker's code.
       AND jsonb_typeof(coalesce(request->'name', '""')) = 'string'
       AND jsonb_typeof(coalesce(request->'description', '""')) = 'string'
       AND jsonb_typeof(coalesce(request->'labels', '{}')) = 'object'
       AND NOT EXISTS (SELECT 1 FROM jsonb_each(coalesce(request->'labels', '{}'))
                       WHERE jsonb_typeof(value) <> 'string')
+    ORDER BY id
+    FOR UPDATE
+), locked AS (
+    -- FOR UPDATE, as the transaction's lock_image takes it.
+    SELECT id FROM images WHERE id IN (SELECT image_id FROM operation)
+    ORDER BY id
     FOR UPDATE
 ), applied AS (
     UPDATE images SET
@@ -240,9 +247,11 @@ WITH operation AS (
         status = $2,
         revision = images.revision + 1
     FROM operation
-    WHERE images.id = operation.image_id AND images.status = $3
-    RETURNING images.id, images.folder_id, images.name, images.description, images.checksum,
-              images.status, images.created_at, images.labels
+    WHERE images.id = operation.image_id AND images.id IN (SELECT id FROM locked)
+      AND images.status = $3
+    RETURNING operation.id AS operation_id, images.id, images.folder_id, images.name,
+              images.description, images.checksum, images.status, images.created_at,
+              images.labels
 )
 UPDATE operations SET done = true, modified_at = now(), lease_until = NULL,
     response = jsonb_build_object(
@@ -253,7 +262,7 @@ UPDATE operations SET done = true, modified_at = now(), lease_until = NULL,
                               'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
         'labels', applied.labels)
 FROM applied
-WHERE operations.id = $1
+WHERE operations.id = applied.operation_id
 RETURNING operations.id
 """
 
@@ -773,22 +782,27 @@ class Store:
 
     # --- the workers' side -------------------------------------------------------------
 
-    async def apply_update_at_once(self, operation_id: str) -> bool:
-        """Apply and finish an unfinished Update of an ``UPDATING`` image in one statement.
+    async def apply_updates(self, operation_ids: Sequence[str]) -> list[bool]:
+        """Apply and finish unfinished Updates of ``UPDATING`` images in one statement.
 
-        The common case in one round trip, atomic by itself, doing what the worker's
-        transaction does. False when there is nothing it can do alone (another kind, done
-        already, the image gone or not ``UPDATING``, the new name taken): the transaction
-        then finds out which and finishes the operation accordingly.
+        The common case in one round trip and one commit for many, atomic, doing what the
+        worker's transaction does. False for an operation it cannot do alone (another kind,
+        done already, its image gone or not ``UPDATING``, a request of another shape), and for
+        all of them when one's new name is taken: the transaction then finds out which and
+        finishes each accordingly.
         """
         async with self._connection() as conn:
             try:
-                finished = await conn.fetchval(
-                    _APPLY_UPDATE, operation_id, int(ImageStatus.READY), int(ImageStatus.UPDATING)
+                rows = await conn.fetch(
+                    _APPLY_UPDATES,
+                    list(operation_ids),
+                    int(ImageStatus.READY),
+                    int(ImageStatus.UPDATING),
                 )
             except asyncpg.UniqueViolationError:
-                return False
-        return finished is not None
+                return [False] * len(operation_ids)
+        finished = {row["id"] for row in rows}
+        return [operation_id in finished for operation_id in operation_ids]
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:

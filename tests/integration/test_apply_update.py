@@ -3,6 +3,7 @@ transaction does, and leaves everything else to it untouched."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -12,9 +13,15 @@ from service.adapters.store import Store
 from service.domain import ids
 from service.domain.model import Image, ImageChange, ImageStatus
 from tests.integration.test_group_commit import add_image, folder, update
+from tests.support import backend_waiting_on_lock, eventually
 from workers.executor import _apply_update
 
 READY, UPDATING = int(ImageStatus.READY), int(ImageStatus.UPDATING)
+
+
+async def apply_one(store: Store, operation_id: str) -> bool:
+    [finished] = await store.apply_updates([operation_id])
+    return finished
 
 
 @pytest.fixture
@@ -74,7 +81,7 @@ async def test_one_statement_does_what_the_transaction_does(store, db, case):
         )
         operation_id = await started(store, image_id, change)
         if one_statement:
-            assert await store.apply_update_at_once(operation_id)
+            assert await apply_one(store, operation_id)
         else:
             async with store.transaction() as tx:
                 claimed = await tx.lock_operation(operation_id)
@@ -95,7 +102,7 @@ async def test_one_statement_does_what_the_transaction_does(store, db, case):
 async def test_the_response_is_the_image_as_it_was_written(store, db):
     image_id = await add_image(db, folder())
     operation_id = await started(store, image_id, ImageChange(description="seen"))
-    assert await store.apply_update_at_once(operation_id)
+    assert await apply_one(store, operation_id)
     row = await db.fetchrow("SELECT created_at, checksum FROM images WHERE id = $1", image_id)
     _, operation = await state(db, image_id, operation_id)
     response = Image.from_snapshot(operation["response"])
@@ -114,11 +121,11 @@ async def test_what_it_cannot_do_alone_it_leaves_untouched(store, db):
     await db.execute("DELETE FROM images WHERE id = $1", gone)
     done_image = await add_image(db, f)
     done_op = await started(store, done_image, ImageChange(description="x"))
-    assert await store.apply_update_at_once(done_op)
+    assert await apply_one(store, done_op)
     revision = await db.fetchval("SELECT revision FROM images WHERE id = $1", done_image)
 
     for operation_id in (rename, gone_op, done_op, ids.new_id(ids.OPERATION_PREFIX)):
-        assert not await store.apply_update_at_once(operation_id)
+        assert not await apply_one(store, operation_id)
     image, operation = await state(db, renamed, rename)
     assert image["status"] == UPDATING
     assert image["revision"] == 0
@@ -138,7 +145,7 @@ async def test_a_delete_is_left_to_the_transaction(store, db):
         image_id,
     )
     await db.execute("UPDATE images SET status = $2 WHERE id = $1", image_id, UPDATING)
-    assert not await store.apply_update_at_once(operation_id)
+    assert not await apply_one(store, operation_id)
     assert not await db.fetchval("SELECT done FROM operations WHERE id = $1", operation_id)
 
 
@@ -162,5 +169,54 @@ async def test_a_request_of_another_shape_is_left_to_the_transaction(store, db, 
         image_id,
         json.dumps(request_),
     )
-    assert not await store.apply_update_at_once(operation_id)
+    assert not await apply_one(store, operation_id)
     assert await db.fetchval("SELECT revision FROM images WHERE id = $1", image_id) == 0
+
+
+async def test_a_batch_of_updates_is_finished_in_one_statement(store, db):
+    f = folder()
+    images = [await add_image(db, f) for _ in range(4)]
+    operations = [await started(store, i, ImageChange(description=i)) for i in images]
+    unknown = ids.new_id(ids.OPERATION_PREFIX)
+    finished = await store.apply_updates([*operations, unknown, operations[0]])
+    assert finished == [True, True, True, True, False, True]
+    for image_id, operation_id in zip(images, operations, strict=True):
+        image, operation = await state(db, image_id, operation_id)
+        assert image["description"] == image_id
+        assert image["revision"] == 1, "a repeated ID in a batch applies once"
+        assert image["status"] == READY
+        assert operation["done"]
+        assert Image.from_snapshot(operation["response"]).description == image_id
+
+
+async def test_a_taken_name_leaves_the_whole_batch_to_the_transaction(store, db):
+    f = folder()
+    plain = await add_image(db, f)
+    plain_op = await started(store, plain, ImageChange(description="x"))
+    renamed = await add_image(db, f)
+    rename_op = await started(store, renamed, ImageChange(name="late"))
+    await add_image(db, f, name="late")
+    assert await store.apply_updates([plain_op, rename_op]) == [False, False]
+    for image_id, operation_id in ((plain, plain_op), (renamed, rename_op)):
+        image, operation = await state(db, image_id, operation_id)
+        assert image["status"] == UPDATING
+        assert not operation["done"]
+
+
+async def test_batches_sharing_operations_in_opposite_orders_do_not_deadlock(store, db):
+    """Both batches queue behind a session holding the images, then go one after the other."""
+    f = folder()
+    a, b = await add_image(db, f), await add_image(db, f)
+    op_a = await started(store, a, ImageChange(description="a"))
+    op_b = await started(store, b, ImageChange(description="b"))
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM images WHERE id = ANY($1) FOR UPDATE", [a, b])
+        first = asyncio.create_task(store.apply_updates([op_a, op_b]))
+        second = asyncio.create_task(store.apply_updates([op_b, op_a]))
+
+        async def waiting() -> bool:
+            return await backend_waiting_on_lock(db, "operation")
+
+        await eventually(waiting, timeout=10, what="a batch to wait for the images")
+    results = await asyncio.gather(first, second)
+    assert sorted(results) == [[False, False], [True, True]]
