@@ -590,10 +590,12 @@ class Store:
         return replace(operation, created_at=created_at, modified_at=created_at)
 
     async def mark_published(self, operation_ids: Sequence[str]) -> None:
+        """Record confirmed publishes. An operation already done needs no mark (the relay
+        looks at unfinished ones only), and is spared a row version."""
         async with self._connection() as conn:
             await conn.execute(
                 "UPDATE operations SET published_at = now()"
-                " WHERE id = ANY($1::text[]) AND published_at IS NULL",
+                " WHERE id = ANY($1::text[]) AND published_at IS NULL AND NOT done",
                 list(operation_ids),
             )
 

@@ -212,3 +212,20 @@ async def test_batches_sharing_images_in_opposite_orders_do_not_deadlock(store, 
     results = await asyncio.gather(first, second)
     accepted = [op for batch in results for op in batch if op is not None]
     assert sorted(op.image_id for op in accepted) == sorted([a, b])
+
+
+async def test_published_marks_spare_operations_already_done(store, db):
+    f = folder()
+    done_image, queued_image = await add_image(db, f), await add_image(db, f)
+    done, queued = await store.begin_updates(
+        [update(done_image, ImageChange(description="d")), update(queued_image, ImageChange())]
+    )
+    assert await store.apply_updates([done.id]) == [True]
+    await store.mark_published([done.id, queued.id])
+    marks = dict(
+        await db.fetch(
+            "SELECT id, published_at IS NOT NULL FROM operations WHERE id = ANY($1)",
+            [done.id, queued.id],
+        )
+    )
+    assert marks == {done.id: False, queued.id: True}
