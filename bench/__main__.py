@@ -89,6 +89,38 @@ class Process:
         self._file.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a live process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # gone meanwhile
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stack_cpu(own: dict[str, Process]) -> dict[str, float]:
+    """CPU seconds so far of our processes, and of PostgreSQL's and RabbitMQ's (by name)."""
+    totals = {name: cpu_seconds(process.proc.pid) for name, process in own.items()}
+    totals |= {"postgres": 0.0, "rabbitmq": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if command.startswith("postgres"):
+            totals["postgres"] += cpu_seconds(int(entry.name))
+        elif command.startswith("beam"):
+            totals["rabbitmq"] += cpu_seconds(int(entry.name))
+    return totals
+
+
+def cpu_per_call(before: dict[str, float], after: dict[str, float], calls: int) -> dict[str, int]:
+    """Microseconds of CPU per call, by process (backends that exited meanwhile not counted)."""
+    return {name: round((after[name] - before[name]) / max(calls, 1) * 1e6) for name in after}
+
+
 def run_phase(pool: ProcessPoolExecutor, jobs: list[Job]) -> Result:
     total = Result()
     for result in pool.map(run_job, jobs):
@@ -297,22 +329,30 @@ def main() -> int:
                     for _ in range(args.processes)
                 ]
 
+            own = {"echo": echo, "api": api, "worker": worker}
             run_phase(pool, jobs("echo", echo_address, seconds=1))  # warm-up
+            cpu_before = stack_cpu(own)
             echo_result = run_phase(pool, jobs("echo", echo_address))
             echo_rate = echo_result.calls / echo_result.seconds
+            echo_cpu = cpu_per_call(cpu_before, stack_cpu(own), echo_result.calls)
 
             first, rest = image_ids[:budget], image_ids[budget:]
             update_jobs = [
                 Job("update", api_address, token, args.seconds, args.concurrency, image_ids=part)
                 for part in split(first, args.processes)
             ]
+            cpu_before = stack_cpu(own)
             update_result = run_phase(pool, update_jobs)
             update_rate = update_result.calls / update_result.seconds
 
             asyncio.run(drain(url))  # the Updates above finish before anything is timed again
+            # Counted to the end of the drain: every accepted Update's whole cost, applied.
+            update_cpu = cpu_per_call(cpu_before, stack_cpu(own), update_result.calls)
             mix = update_result.operation_ids[:5000] + unfinished
+            cpu_before = stack_cpu(own)
             get_result = run_phase(pool, jobs("get", api_address, operation_ids=mix))
             get_rate = get_result.calls / get_result.seconds
+            get_cpu = cpu_per_call(cpu_before, stack_cpu(own), get_result.calls)
 
             target = max(update_rate / 2, 1.0)
             latency_jobs = [
@@ -361,6 +401,12 @@ def main() -> int:
             "update_ratio_to_echo": round(update_rate / echo_rate, 3),
             "get_per_second": round(get_rate, 1),
             "get_ratio_to_echo": round(get_rate / echo_rate, 3),
+            # Where the time goes: CPU microseconds per call, by process.
+            "cpu_us_per_echo": {"echo": echo_cpu["echo"]},
+            "cpu_us_per_update": {
+                k: update_cpu[k] for k in ("api", "worker", "postgres", "rabbitmq")
+            },
+            "cpu_us_per_get": {k: get_cpu[k] for k in ("api", "postgres")},
             "latency_rate_per_second": round(target, 1),
             "latency_p50_ms": round(percentile(latency_result.latencies, 0.5) * 1000, 1),
             "latency_p99_ms": round(percentile(latency_result.latencies, 0.99) * 1000, 1),
@@ -431,6 +477,13 @@ def main() -> int:
     print(f"{'figure':<{width}}  {'value':>22}  ratio to echo")
     for name, value, ratio in rows:
         print(f"{name:<{width}}  {value:>22}  {ratio}")
+    print(
+        "CPU µs per call — echo server: "
+        f"{figures['cpu_us_per_echo']['echo']}; Update: "
+        + ", ".join(f"{k} {v}" for k, v in figures["cpu_us_per_update"].items())
+        + "; Get: "
+        + ", ".join(f"{k} {v}" for k, v in figures["cpu_us_per_get"].items())
+    )
     print(f"errors: {json.dumps(figures['errors'])}")
     print(f"JSON: {out}")
     return 0
