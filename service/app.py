@@ -308,6 +308,13 @@ class ImageApp:
             raise _operation_not_found(operation_id)
         return operation
 
+    def operation_finished(self, operation_id: str, operation: Operation | None) -> None:
+        """An operation finished (told by the database): kept, if known whole, and its
+        waiters woken; they read it from memory then."""
+        if operation is not None:
+            self._finished.put(operation)
+        self._waiters.done(operation_id)
+
     async def wait_operation(
         self, operation_id: str, timeout: float, caller: Principal
     ) -> Operation:

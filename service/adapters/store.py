@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -102,7 +103,7 @@ def _image(row: asyncpg.Record) -> Image:
     )
 
 
-def _operation(row: asyncpg.Record) -> Operation:
+def _operation(row: asyncpg.Record | Mapping[str, Any]) -> Operation:
     error = None
     if row["error_code"] is not None:
         error = OperationError(code=Code(row["error_code"]), message=row["error_message"])
@@ -122,6 +123,16 @@ def _operation(row: asyncpg.Record) -> Operation:
         response=None if response is None else Image.from_snapshot(response),
         error=error,
     )
+
+
+def finished_operation(payload: str) -> tuple[str, Operation | None]:
+    """The ID and, when the notification carries it whole, the finished operation."""
+    if not payload.startswith("{"):
+        return payload, None  # too large to send: announced by its ID
+    data = json.loads(payload)
+    for column in ("created_at", "modified_at"):
+        data[column] = datetime.fromisoformat(data[column])
+    return data["id"], _operation(data)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -1028,22 +1039,34 @@ def _set_event(event: asyncio.Event, *_: object) -> None:
 
 
 class DoneListener:
-    """Listens for finished operations (``NOTIFY operation_done``) on a connection of its own.
+    """Listens for finished operations (``NOTIFY operation_finished``) on a connection of its
+    own.
 
-    ``on_done(operation_id)`` runs for each one. Notifications sent while the connection is
-    down are lost, so after every (re)connection ``on_reconnect()`` runs: listeners re-check
-    whatever they wait for.
+    ``on_done(operation_id, operation)`` runs for each one, with the finished operation when
+    the notification carries it (``None`` when it was too large to send). Notifications sent
+    while the connection is down are lost, so after every (re)connection ``on_reconnect()``
+    runs: listeners re-check whatever they wait for.
     """
 
     def __init__(
         self,
         dsn: str,
-        on_done: Callable[[str], None],
+        on_done: Callable[[str, Operation | None], None],
         on_reconnect: Callable[[], None],
     ) -> None:
         self._dsn = dsn
         self._on_done = on_done
         self._on_reconnect = on_reconnect
+
+    def _notified(self, payload: str) -> None:
+        try:
+            operation_id, operation = finished_operation(payload)
+        except (ValueError, KeyError, TypeError) as exc:
+            # Whose it was is unknown: every waiter looks again.
+            log.warning("listener.bad_payload", error=type(exc).__name__)
+            self._on_reconnect()
+            return
+        self._on_done(operation_id, operation)
 
     async def run(self) -> None:
         delay = 0.2
@@ -1060,7 +1083,7 @@ class DoneListener:
             try:
                 conn.add_termination_listener(functools.partial(_set_event, lost))
                 await conn.add_listener(
-                    "operation_done", lambda _c, _pid, _channel, payload: self._on_done(payload)
+                    "operation_finished", lambda _c, _p, _ch, payload: self._notified(payload)
                 )
                 self._on_reconnect()
                 await lost.wait()

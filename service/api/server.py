@@ -105,10 +105,6 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     with contextlib.suppress(TimeoutError):
         await broker.wait_connected(BROKER_STARTUP_WAIT_SECONDS)
     waiters = OperationWaiters()
-    listener = asyncio.create_task(
-        DoneListener(str(settings.database_url), waiters.done, waiters.wake_all).run(),
-        name="done-listener",
-    )
     marks = PublishedMarks(store)
     marks.start()
     app = ImageApp(
@@ -121,6 +117,10 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         waiters=waiters,
         marks=marks,
         page_bytes=settings.grpc_max_message_bytes // 2,
+    )
+    listener = asyncio.create_task(
+        DoneListener(str(settings.database_url), app.operation_finished, waiters.wake_all).run(),
+        name="done-listener",
     )
 
     calls = CallHandling(
