@@ -64,3 +64,13 @@ def test_a_bad_prefix_is_refused(prefix: str) -> None:
 def test_a_non_ascii_prefix_is_refused(prefix: str) -> None:
     with pytest.raises(ValueError, match="prefix"):
         new_id(prefix)
+
+
+def test_every_character_is_equally_likely() -> None:
+    """No character favoured (a byte taken modulo 36 would favour the first four by 1/7)."""
+    counts = dict.fromkeys(ALPHABET, 0)
+    for _ in range(20_000):
+        for char in new_id(OPERATION_PREFIX)[3:]:
+            counts[char] += 1
+    mean = sum(counts.values()) / len(counts)
+    assert all(abs(n - mean) < 0.05 * mean for n in counts.values()), counts
