@@ -242,6 +242,12 @@ def main() -> int:
     parser.add_argument("--soak", type=float, default=300, help="length of the soak (RSS) phase")
     parser.add_argument("--processes", type=int, default=2, help="load generator processes")
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight per process")
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        default=None,
+        help="Updates per second of the latency phase (default: half the Update rate measured)",
+    )
     parser.add_argument("--smoke", action="store_true", help="seconds-long phases, no verdicts")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file")
     args = parser.parse_args()
@@ -354,7 +360,7 @@ def main() -> int:
             get_rate = get_result.calls / get_result.seconds
             get_cpu = cpu_per_call(cpu_before, stack_cpu(own), get_result.calls)
 
-            target = max(update_rate / 2, 1.0)
+            target = args.latency_rate or max(update_rate / 2, 1.0)
             latency_jobs = [
                 Job(
                     "latency",
