@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 
 from service.adapters.store import Store
 from service.domain import ids
 from service.domain.model import Image, ImageChange, ImageStatus
-from tests.integration.test_group_commit import add_image, folder, update
+from tests.integration.rows import add_image, folder, update
 from tests.support import backend_waiting_on_lock, eventually
 from workers.executor import _apply_update
 
@@ -22,13 +21,6 @@ READY, UPDATING = int(ImageStatus.READY), int(ImageStatus.UPDATING)
 async def apply_one(store: Store, operation_id: str) -> bool:
     [finished] = await store.apply_updates([operation_id])
     return finished
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = await Store.connect(database_url, min_size=1, max_size=4, command_timeout=10)
-    yield store
-    await store.close()
 
 
 async def started(store: Store, image_id: str, change: ImageChange) -> str:

@@ -10,17 +10,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from service.adapters.store import DoneListener, Store, finished_operation
+from service.adapters.store import DoneListener, finished_operation
 from service.domain import ids
 from service.domain.model import ImageChange, Operation
-from tests.integration.test_group_commit import add_image, folder, update
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = await Store.connect(database_url, min_size=1, max_size=4, command_timeout=10)
-    yield store
-    await store.close()
+from tests.integration.rows import add_image, folder, update
 
 
 @pytest.fixture

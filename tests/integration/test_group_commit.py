@@ -10,55 +10,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from service.adapters.queue import Broker
-from service.adapters.store import NewUpdate, Store
 from service.app import ImageApp
 from service.domain import ids
 from service.domain.auth import Principal, Role
 from service.domain.errors import AlreadyExists, FailedPrecondition, NotFound
-from service.domain.model import DESCRIPTIONS, ImageChange, Operation, OperationKind, utcnow
+from service.domain.model import ImageChange, Operation
 from tests.conftest import AMQP_URL
+from tests.integration.rows import CREATING, READY, UPDATING, add_image, folder, update
 from tests.support import eventually
-
-READY, UPDATING, CREATING = 2, 5, 1
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    store = await Store.connect(database_url, min_size=1, max_size=4, command_timeout=10)
-    yield store
-    await store.close()
-
-
-async def add_image(db, folder: str, name: str | None = None, status: int = READY) -> str:
-    image_id = ids.new_id(ids.IMAGE_PREFIX)
-    await db.execute(
-        "INSERT INTO images (id, folder_id, name, status) VALUES ($1, $2, $3, $4)",
-        image_id,
-        folder,
-        name or image_id,
-        status,
-    )
-    return image_id
-
-
-def update(image_id: str, change: ImageChange, folders: list[str] | None = None) -> NewUpdate:
-    now = utcnow()
-    operation = Operation(
-        id=ids.new_id(ids.OPERATION_PREFIX),
-        kind=OperationKind.UPDATE_IMAGE,
-        image_id=image_id,
-        folder_id="",
-        description=DESCRIPTIONS[OperationKind.UPDATE_IMAGE],
-        created_at=now,
-        created_by="tester",
-        modified_at=now,
-        done=False,
-    )
-    return NewUpdate(operation, change, folders)
-
-
-def folder() -> str:
-    return "fgc" + ids.new_id("fgc")[3:]
 
 
 async def test_a_batch_of_updates_is_accepted_with_one_operation_row_each(store, db):

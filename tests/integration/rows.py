@@ -1,0 +1,43 @@
+"""Rows for the integration tests: images inserted directly, Updates to accept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.adapters.store import NewUpdate
+from service.domain import ids
+from service.domain.model import DESCRIPTIONS, ImageChange, Operation, OperationKind, utcnow
+
+READY, UPDATING, CREATING = 2, 5, 1
+
+
+async def add_image(db: Any, folder: str, name: str | None = None, status: int = READY) -> str:
+    image_id = ids.new_id(ids.IMAGE_PREFIX)
+    await db.execute(
+        "INSERT INTO images (id, folder_id, name, status) VALUES ($1, $2, $3, $4)",
+        image_id,
+        folder,
+        name or image_id,
+        status,
+    )
+    return image_id
+
+
+def update(image_id: str, change: ImageChange, folders: list[str] | None = None) -> NewUpdate:
+    now = utcnow()
+    operation = Operation(
+        id=ids.new_id(ids.OPERATION_PREFIX),
+        kind=OperationKind.UPDATE_IMAGE,
+        image_id=image_id,
+        folder_id="",
+        description=DESCRIPTIONS[OperationKind.UPDATE_IMAGE],
+        created_at=now,
+        created_by="tester",
+        modified_at=now,
+        done=False,
+    )
+    return NewUpdate(operation, change, folders)
+
+
+def folder() -> str:
+    return "fgc" + ids.new_id("fgc")[3:]
