@@ -1,7 +1,9 @@
 """Carrying out one operation: claim it, apply it, finish it, exactly once.
 
 An Update runs in one transaction that locks the operation row first: a duplicate delivery
-waits for that lock, then finds the operation done and does nothing. A Create downloads for a
+waits for that lock, then finds the operation done and does nothing. Updates delivered
+together are first tried as one statement that does the same for all of them; what it cannot
+do alone goes through that transaction. A Create downloads for a
 long time, so it is claimed with a lease first (committed), and finished in one transaction
 only if the claim is still its own.
 """
