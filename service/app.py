@@ -203,7 +203,8 @@ class ImageApp:
             together = await self._updates.submit(NewUpdate(operation, change, folders))
             if together is not None:
                 return await self._enqueue(Accepted(together), caller)
-        # Keyed, or not accepted in the batch: alone, which raises the precise error.
+        # Keyed, or not accepted in the batch: alone, in a transaction that accepts it or
+        # raises the precise error.
         accepted = await self._store.begin_update(operation, change, idempotency, folders)
         return await self._enqueue(accepted, caller)
 

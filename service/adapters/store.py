@@ -176,27 +176,9 @@ RETURNING created_at
 """
 
 
-_BEGIN_UPDATE = """
-WITH image AS (
-    UPDATE images SET status = $9
-    WHERE id = $1 AND status = $10
-      AND ($2::text[] IS NULL OR folder_id = ANY($2))
-      AND ($3::text IS NULL OR NOT EXISTS (
-          SELECT 1 FROM images other
-          WHERE other.folder_id = images.folder_id AND other.name = $3 AND other.id <> $1))
-      AND (SELECT count(*) FROM operations
-           WHERE operations.folder_id = images.folder_id AND NOT done) < $4
-    RETURNING folder_id
-)
-INSERT INTO operations (id, kind, image_id, folder_id, description, created_at, created_by,
-                        modified_at, request)
-SELECT $5, 'update_image', $1, folder_id, $8, clock_timestamp(), $6, clock_timestamp(), $7
-FROM image
-RETURNING folder_id, created_at
-"""
-
-
-# The same as _BEGIN_UPDATE for many Updates at once, one array element per Update.
+# What Store._begin_update does, for many Updates at once (one array element per Update) and
+# in one statement: the conditions are checked per row, so a batch accepts exactly the Updates
+# that would be accepted one at a time.
 _BEGIN_UPDATES = """
 WITH requested AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
@@ -438,51 +420,16 @@ class Store:
         is "not found", exactly as one that does not exist.
         """
 
-        if idempotency is None:
-            return Accepted(await self._begin_update_at_once(operation, change, folders))
-
         async def begin(conn: Connection) -> Operation:
             return await self._begin_update(conn, operation, change, folders)
 
         return await self._accept(idempotency, operation.id, begin)
 
-    async def _begin_update_at_once(
-        self, operation: Operation, change: ImageChange, folders: list[str] | None
-    ) -> Operation:
-        """The common case as one statement (one round trip, atomic by itself).
-
-        It does what ``_begin_update`` does; when it accepts nothing, ``_begin_update`` runs
-        in a transaction to find out why and raise the precise error.
-        """
-        async with self._connection() as conn:
-            row = await conn.fetchrow(
-                _BEGIN_UPDATE,
-                operation.image_id,
-                folders,
-                change.name,
-                self.max_unfinished_per_folder,
-                operation.id,
-                operation.created_by,
-                change.to_json(),
-                operation.description,
-                int(ImageStatus.UPDATING),
-                int(ImageStatus.READY),
-            )
-            if row is not None:
-                return replace(
-                    operation,
-                    folder_id=row["folder_id"],
-                    created_at=row["created_at"],
-                    modified_at=row["created_at"],
-                )
-            async with conn.transaction():
-                return await self._begin_update(conn, operation, change, folders)
-
     async def begin_updates(self, updates: Sequence[NewUpdate]) -> list[Operation | None]:
         """Accept many Updates with one statement per folder filter (group commit).
 
-        Each is accepted exactly as ``_begin_update_at_once`` would accept it alone; one that
-        is not (``None``) is left for ``begin_update`` to find out why. Two Updates of one
+        Each is accepted exactly as ``begin_update`` would accept it alone; one that is not
+        (``None``) is left for ``begin_update`` to find out why. Two Updates of one
         image in a batch: one is accepted, the other finds the image ``UPDATING``.
         """
         results: dict[str, Operation] = {}
@@ -679,13 +626,6 @@ class Store:
                 "SELECT folder_id FROM images WHERE id = $1", image_id
             )
         return folder
-
-    async def get_operation(self, operation_id: str) -> Operation | None:
-        async with self._connection() as conn:
-            row = await conn.fetchrow(
-                f"SELECT {_OPERATION_COLUMNS} FROM operations WHERE id = $1", operation_id
-            )
-        return None if row is None else _operation(row)
 
     async def get_operations(self, operation_ids: Sequence[str]) -> list[Operation | None]:
         """Several operations in one read, in the order asked (``None``: no such operation)."""

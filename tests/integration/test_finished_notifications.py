@@ -45,7 +45,7 @@ async def test_a_finished_update_is_told_exactly_as_it_reads(store, db, notifica
     payload = await told(notifications, operation.id)
     operation_id, from_payload = finished_operation(payload)
     assert operation_id == operation.id
-    assert from_payload == await store.get_operation(operation.id)
+    assert [from_payload] == await store.get_operations([operation.id])
     assert from_payload.response.description == "told"
 
 
@@ -55,7 +55,7 @@ async def test_a_cancelled_operation_is_told_with_its_error(store, db, notificat
     await store.cancel_operation(operation.id)
     payload = await told(notifications, operation.id)
     _, from_payload = finished_operation(payload)
-    assert from_payload == await store.get_operation(operation.id)
+    assert [from_payload] == await store.get_operations([operation.id])
     assert from_payload.error is not None
 
 
