@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,6 +18,7 @@ from service.domain import ids
 from service.domain.auth import Principal
 from service.domain.errors import NotFound, ServiceError, image_not_found
 from service.domain.listing import image_query, operation_query
+from service.domain.lru import Lru
 from service.domain.model import (
     DESCRIPTIONS,
     IdempotencyKey,
@@ -56,27 +56,19 @@ class FinishedOperations:
     """
 
     def __init__(self, capacity: int, retention_seconds: float = float("inf")) -> None:
-        self._capacity = capacity
         self._retention = timedelta(seconds=min(retention_seconds, 1e9))
-        self._items: OrderedDict[str, Operation] = OrderedDict()
+        self._items: Lru[str, Operation] = Lru(capacity)
 
     def get(self, operation_id: str) -> Operation | None:
         operation = self._items.get(operation_id)
-        if operation is None:
+        if operation is not None and utcnow() - operation.modified_at > self._retention:
+            self._items.pop(operation_id)
             return None
-        if utcnow() - operation.modified_at > self._retention:
-            del self._items[operation_id]
-            return None
-        self._items.move_to_end(operation_id)
         return operation
 
     def put(self, operation: Operation) -> None:
-        if not operation.done or self._capacity == 0:
-            return
-        self._items[operation.id] = operation
-        self._items.move_to_end(operation.id)
-        while len(self._items) > self._capacity:
-            self._items.popitem(last=False)
+        if operation.done:
+            self._items.put(operation.id, operation)
 
 
 @dataclass(frozen=True)

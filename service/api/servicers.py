@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from typing import cast
 
 import grpc
@@ -15,6 +14,7 @@ from service.api.calls import caller
 from service.api.convert import image_to_proto, longrunning_operation, operation_to_proto
 from service.app import ImageApp
 from service.domain.errors import Unimplemented
+from service.domain.lru import Lru
 from service.domain.model import IdempotencyKey, NewImage, Operation
 from service.domain.validation import resolve_update, validate_idempotency_key
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
@@ -120,19 +120,14 @@ class EncodedOperations:
     """
 
     def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._items: Lru[str, bytes] = Lru(capacity)
 
     def encoded(self, operation: Operation) -> bytes:
         data = self._items.get(operation.id)
         if data is None:
             data = operation_to_proto(operation).SerializeToString()
-            if operation.done and self._capacity > 0:
-                self._items[operation.id] = data
-                if len(self._items) > self._capacity:
-                    self._items.popitem(last=False)
-        else:
-            self._items.move_to_end(operation.id)
+            if operation.done:
+                self._items.put(operation.id, data)
         return data
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.domain.errors import ResourceExhausted
+from service.domain.lru import Lru
 
 
 @dataclass
@@ -34,8 +34,7 @@ class RateLimiter:
         self._rate = rate
         self._burst = float(burst)
         self._clock = clock
-        self._max_subjects = max_subjects
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._buckets: Lru[str, _Bucket] = Lru(max_subjects)
 
     def acquire(self, subject: str) -> None:
         """Take one call from the subject's bucket, or raise ``ResourceExhausted``."""
@@ -43,11 +42,8 @@ class RateLimiter:
         bucket = self._buckets.get(subject)
         if bucket is None:
             bucket = _Bucket(tokens=self._burst, updated=now)
-            self._buckets[subject] = bucket
-            if len(self._buckets) > self._max_subjects:
-                self._buckets.popitem(last=False)
+            self._buckets.put(subject, bucket)
         else:
-            self._buckets.move_to_end(subject)
             bucket.tokens = min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
             bucket.updated = now
         if bucket.tokens < 1.0:
