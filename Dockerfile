@@ -4,7 +4,7 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /app
+WORKDIR /src
 
 # Dependencies first, in their own layer, so a code change does not reinstall them.
 COPY pyproject.toml ./
@@ -12,16 +12,17 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# Editable install: the source tree stays in /app, where the migration runner
-# looks for migrations/ (service/adapters/migrations.py).
+# A plain install: the package carries the migrations as package data, so the sources go
+# away and the services run from /app, where no source tree shadows the installed copy.
 COPY service/ service/
 COPY workers/ workers/
 COPY gen/ gen/
 COPY migrations/ migrations/
-COPY protos/ protos/
-RUN pip install --no-cache-dir -e . \
+RUN pip install --no-cache-dir . \
+    && rm -rf /src \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 
+WORKDIR /app
 USER app
 
 EXPOSE 50051

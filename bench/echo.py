@@ -27,8 +27,8 @@ async def serve() -> None:
 
 if __name__ == "__main__":
     # The same event loop as the API (EVENT_LOOP, uvloop by default): a like-for-like ceiling.
-    from service.loop import run_loop
-    from service.settings import Settings
+    from service.runtime.loop import run_loop
+    from service.runtime.settings import Settings
 
     try:
         run_loop(serve(), Settings().event_loop)

@@ -1,1 +1,2 @@
-"""The worker pool: executes operations, relays the outbox, sweeps abandoned operations."""
+"""The worker pool's entry point: ``python -m workers``. The work itself lives in
+``service/`` (use cases in ``service.usecases``, the process in ``service.entrypoints.worker``)."""

@@ -1,18 +1,8 @@
-"""``python -m workers`` runs the worker pool."""
+"""``python -m workers`` runs the worker pool (``service.entrypoints.worker``)."""
 
 from __future__ import annotations
 
-from service import logs
-from service.loop import run_loop
-from service.settings import Settings
-from workers.pool import run
-
-
-def main() -> None:
-    settings = Settings()
-    logs.configure(settings.log_level, component="workers")
-    run_loop(run(settings), settings.event_loop)
-
+from service.entrypoints.worker import main
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import ipaddress
 import socket
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -22,18 +21,13 @@ from aiohttp.resolver import DefaultResolver
 from service.domain.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
 from service.domain.errors import FieldViolation as _FieldViolation
 from service.domain.network import NetworkPolicy
+from service.usecases.ports import Downloaded
 
 CHUNK = 256 * 1024
 MAX_REDIRECTS = 5
 # Answers that say "not now" rather than "never": retried like a 5xx.
 _TRANSIENT_STATUSES = frozenset({408, 429})
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-@dataclass(frozen=True)
-class Downloaded:
-    md5: str
-    size: int
 
 
 class DownloadFailed(ServiceError):
@@ -136,3 +130,24 @@ async def _read(response: Any, max_bytes: int) -> Downloaded:
             raise _too_large(max_bytes)
         md5.update(chunk)
     return Downloaded(md5=md5.hexdigest(), size=size)
+
+
+class HttpDownloader:
+    """``usecases.ports.Downloader`` over HTTP(S), within the configured limits and policy."""
+
+    def __init__(
+        self, policy: NetworkPolicy, *, timeout: float, max_bytes: int, stall_timeout: float
+    ) -> None:
+        self._policy = policy
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        self._stall_timeout = stall_timeout
+
+    async def download(self, uri: str) -> Downloaded:
+        return await download_md5(
+            uri,
+            timeout=self._timeout,
+            max_bytes=self._max_bytes,
+            policy=self._policy,
+            stall_timeout=self._stall_timeout,
+        )

@@ -24,6 +24,7 @@ import aiormq
 import structlog
 
 from service.domain.errors import Unavailable
+from service.runtime.retry import retrying
 
 log = structlog.get_logger(__name__)
 
@@ -45,7 +46,6 @@ class Delivery:
 
     operation_id: str
     delivery_count: int
-    redelivered: bool
 
 
 # Returns True to acknowledge the message, False to hand it back for redelivery.
@@ -69,11 +69,7 @@ def queue_arguments(queue_name: str, delivery_limit: int) -> dict[str, Any]:
 
 
 class Broker:
-    """A connection to RabbitMQ that is (re)established in the background.
-
-    ``start`` returns at once; until the first connection succeeds, ``publish`` raises
-    ``Unavailable`` and the outbox relay sends the operation later.
-    """
+    """A connection to RabbitMQ, established by ``connect`` in the background."""
 
     def __init__(self, url: str, queue_name: str, delivery_limit: int) -> None:
         self._url = url
@@ -82,14 +78,6 @@ class Broker:
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def queue_name(self) -> str:
-        return self._queue_name
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._connect_forever(), name="broker-connect")
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._connected.wait(), timeout)
@@ -102,22 +90,22 @@ class Broker:
             and not self._channel.is_closed
         )
 
-    async def _connect_forever(self) -> None:
-        delay = 0.2
-        while True:
-            try:
+    async def connect(self) -> None:
+        """Connect, retrying until the broker answers; run it as a background task.
+
+        Until it returns, ``publish`` raises ``Unavailable`` and the outbox relay sends the
+        operation later. After it, aio-pika's robust connection reconnects by itself.
+        """
+        async for attempt in retrying(
+            "broker.connect", on=(OSError, aiormq.exceptions.AMQPError, TimeoutError)
+        ):
+            with attempt:
                 connection = await aio_pika.connect_robust(self._url, timeout=10)
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 await self._declare(channel)
-            except (OSError, aiormq.exceptions.AMQPError, TimeoutError) as exc:
-                log.warning("broker.unreachable", error=type(exc).__name__, retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self._connection, self._channel = connection, channel
-            self._connected.set()
-            log.info("broker.connected", queue=self._queue_name)
-            return
+        self._connection, self._channel = connection, channel
+        self._connected.set()
+        log.info("broker.connected", queue=self._queue_name)
 
     async def _declare(self, channel: aio_pika.abc.AbstractChannel) -> None:
         await channel.declare_queue(
@@ -176,10 +164,6 @@ class Broker:
 
     async def close(self) -> None:
         """Close the connection; bounded in time even while the broker is unreachable."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._connection.close(), CLOSE_TIMEOUT_SECONDS)
@@ -289,7 +273,6 @@ class Consumer:
             delivery = Delivery(
                 operation_id=message.body.decode(errors="replace"),
                 delivery_count=int(str((message.headers or {}).get("x-delivery-count") or 0)),
-                redelivered=bool(message.redelivered),
             )
             try:
                 ok = await self._handler(delivery)

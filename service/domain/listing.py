@@ -166,7 +166,6 @@ class ImageQuery:
     folder_id: str
     conditions: list[Condition]
     ordering: Ordering
-    limit: int
     after: tuple[Any, str] | None = None
 
     def next_token(self, last_key: Any, last_id: str) -> str:
@@ -180,9 +179,7 @@ class ImageQuery:
         )
 
 
-def image_query(
-    folder_id: str, filter_text: str, order_by: str, limit: int, page_token: str
-) -> ImageQuery:
+def image_query(folder_id: str, filter_text: str, order_by: str, page_token: str) -> ImageQuery:
     """Parse a List request; a token must come from the same folder, filter and order."""
     conditions = parse_filter(filter_text)
     ordering = parse_order_by(order_by)
@@ -205,7 +202,7 @@ def image_query(
             except ValueError as exc:
                 raise invalid_page_token() from exc
         after = (sort_value, key[1])
-    return ImageQuery(folder_id, conditions, ordering, limit, after)
+    return ImageQuery(folder_id, conditions, ordering, after)
 
 
 @dataclass(frozen=True)
@@ -213,7 +210,6 @@ class OperationQuery:
     """One page request of ``ImageService.ListOperations``: newest first."""
 
     image_id: str
-    limit: int
     after: tuple[datetime, str] | None = None
 
     def next_token(self, created_at: datetime, operation_id: str) -> str:
@@ -222,7 +218,7 @@ class OperationQuery:
         )
 
 
-def operation_query(image_id: str, limit: int, page_token: str) -> OperationQuery:
+def operation_query(image_id: str, page_token: str) -> OperationQuery:
     after = None
     if page_token:
         position = decode_page_token(page_token)
@@ -238,4 +234,4 @@ def operation_query(image_id: str, limit: int, page_token: str) -> OperationQuer
             after = (datetime.fromisoformat(key[0]), key[1])
         except ValueError as exc:
             raise invalid_page_token() from exc
-    return OperationQuery(image_id, limit, after)
+    return OperationQuery(image_id, after)

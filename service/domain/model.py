@@ -143,6 +143,25 @@ class IdempotencyKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ClaimedOperation:
+    """An unfinished operation a worker (or a Cancel) holds: what it asks and which attempt
+    this is."""
+
+    id: str
+    kind: OperationKind
+    image_id: str
+    folder_id: str
+    request: Mapping[str, Any]
+    attempt: int
+
+    @property
+    def status_before(self) -> ImageStatus | None:
+        """The status a Delete found its image in (given back if the Delete does not happen)."""
+        before = self.request.get("status_before")
+        return None if before is None else ImageStatus(before)
+
+
+@dataclass(frozen=True, slots=True)
 class Operation:
     id: str
     kind: OperationKind

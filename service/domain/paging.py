@@ -1,4 +1,5 @@
-"""Opaque page tokens: versioned, checksummed, so garbage is told apart from a real token."""
+"""Pages: opaque page tokens (versioned, checksummed, so garbage is told apart from a real
+token), and how many items fit in one answer."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from service.domain.errors import FieldViolation, InvalidArgument
+from service.domain.model import Image, Operation
+
+T = TypeVar("T")
 
 _VERSION = 1
 # Tokens we make are far shorter; anything longer is refused before it is parsed.
@@ -50,3 +55,25 @@ def decode_page_token(token: str, field: str = "page_token") -> dict[str, Any]:
     if not isinstance(position, dict) or position.pop("v", None) != _VERSION:
         raise invalid
     return position
+
+
+def image_wire_bytes(image: Image) -> int:
+    """An upper bound of an image's size on the wire."""
+    labels = sum(len(k.encode()) + len(v.encode()) + 8 for k, v in image.labels.items())
+    return 128 + len(image.name.encode()) + len(image.description.encode()) + labels
+
+
+def operation_wire_bytes(operation: Operation) -> int:
+    image = 0 if operation.response is None else image_wire_bytes(operation.response)
+    error = 0 if operation.error is None else len(operation.error.message.encode())
+    return 256 + image + error
+
+
+def fitting(items: Sequence[T], budget: int, size: Callable[[T], int]) -> int:
+    """How many of ``items``, from the first, fit in ``budget`` bytes (at least one)."""
+    total = 0
+    for count, item in enumerate(items):
+        total += size(item)
+        if total > budget and count > 0:
+            return count
+    return len(items)

@@ -1,9 +1,14 @@
-"""State transitions of images under operations."""
+"""State rules of images under operations: when one may start, and what it leaves behind.
+
+Each rule has this one home. Where a SQL fast path must do the same (the group commit of
+Updates, the workers' one-statement Update), the statement sits beside the adapter code that
+runs it and a property test runs random inputs through both and compares.
+"""
 
 from __future__ import annotations
 
-from service.domain.errors import FailedPrecondition
-from service.domain.model import ImageStatus
+from service.domain.errors import FailedPrecondition, FieldViolation, ResourceExhausted
+from service.domain.model import ImageStatus, OperationKind
 
 
 def ensure_updatable(image_id: str, status: ImageStatus) -> None:
@@ -22,16 +27,35 @@ def ensure_deletable(image_id: str, status: ImageStatus) -> None:
         )
 
 
-def status_after_failure(
-    status_now: ImageStatus, status_before: ImageStatus | None = None
-) -> ImageStatus:
-    """Where a failed operation leaves its image.
+def ensure_within_quota(folder_id: str, unfinished: int, limit: int) -> None:
+    """At most ``limit`` unfinished operations per folder; a new one needs room for itself."""
+    if unfinished >= limit:
+        raise ResourceExhausted(
+            f"Too many unfinished operations in folder {folder_id}",
+            quota=[FieldViolation(f"folder:{folder_id}", f"at most {limit} unfinished operations")],
+        )
 
-    A failed Create leaves it ``ERROR``; a failed Delete restores the status it had before
-    (``status_before``); anything else returns to ``READY``.
+
+def image_after_ending(
+    kind: OperationKind,
+    status_now: ImageStatus,
+    status_before: ImageStatus | None = None,
+    *,
+    cancelled: bool = False,
+) -> ImageStatus | None:
+    """The status an operation that ends without its change (failed, abandoned or cancelled)
+    leaves its image in; ``None``: the image is removed.
+
+    A cancelled Create leaves no image; a failed one leaves it ``ERROR``. An Update's image is
+    ``READY`` again. A Delete's image gets back the status it had (``status_before``). An image
+    no longer in the operation's transitional status is left as it is.
     """
-    if status_now is ImageStatus.CREATING:
-        return ImageStatus.ERROR
-    if status_now is ImageStatus.DELETING and status_before is not None:
-        return status_before
-    return ImageStatus.READY
+    if kind is OperationKind.CREATE_IMAGE:
+        if cancelled:
+            return None
+        return ImageStatus.ERROR if status_now is ImageStatus.CREATING else status_now
+    if kind is OperationKind.UPDATE_IMAGE:
+        return ImageStatus.READY if status_now is ImageStatus.UPDATING else status_now
+    if status_now is ImageStatus.DELETING:
+        return status_before if status_before is not None else ImageStatus.READY
+    return status_now

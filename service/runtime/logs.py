@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+import stamina.instrumentation
 import structlog
 
 # Tracebacks without local variables: locals can hold secrets and request payloads.
@@ -49,6 +50,9 @@ def configure(level: str = "INFO", component: str = "api") -> None:
             ],
         )
     )
+    # runtime.retry writes one `retry.scheduled` line per retry with our name for the block;
+    # stamina's own hook would add a second one naming it "<context block>".
+    stamina.instrumentation.set_on_retry_hooks([])
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.WARNING))

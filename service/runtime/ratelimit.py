@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.domain.errors import ResourceExhausted
-from service.domain.lru import Lru
+from service.runtime.lru import Lru
 
 
 @dataclass

@@ -36,6 +36,3 @@ class OperationWaiters:
         """Every waiter looks again (after events may have been missed)."""
         for operation_id in list(self._waiting):
             self.done(operation_id)
-
-    def __len__(self) -> int:
-        return sum(len(futures) for futures in self._waiting.values())

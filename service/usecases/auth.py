@@ -1,4 +1,5 @@
-"""Authentication: bearer tokens checked against their stored hashes, briefly cached."""
+"""Authentication (bearer tokens checked against their stored hashes, briefly cached) and
+the tokens operators create and revoke."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from service.adapters.store import Store
 from service.domain.auth import (
     NewToken,
     Principal,
@@ -18,6 +18,7 @@ from service.domain.auth import (
     verify,
 )
 from service.domain.model import utcnow
+from service.usecases.ports import Tokens
 
 
 class Authenticator:
@@ -29,13 +30,13 @@ class Authenticator:
 
     def __init__(
         self,
-        store: Store,
+        tokens: Tokens,
         cache_seconds: float,
         *,
         clock: Callable[[], float] = time.monotonic,
         max_cached: int = 100_000,
     ) -> None:
-        self._store = store
+        self._tokens = tokens
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._max_cached = max_cached
@@ -51,7 +52,7 @@ class Authenticator:
         cached = self._cache.get(token_id)
         if cached is not None and now - cached[0] < self._cache_seconds:
             return cached[1]
-        stored = await self._store.find_token(token_id)
+        stored = await self._tokens.find_token(token_id)
         if len(self._cache) >= self._max_cached:
             self._cache.clear()
         self._cache[token_id] = (now, stored)
@@ -59,7 +60,7 @@ class Authenticator:
 
 
 async def create_token(
-    store: Store,
+    tokens: Tokens,
     subject: str,
     role: Role,
     folders: frozenset[str],
@@ -70,7 +71,7 @@ async def create_token(
     expires_at = None
     if expires_in_seconds is not None:
         expires_at = utcnow() + timedelta(seconds=expires_in_seconds)
-    await store.insert_token(
+    await tokens.insert_token(
         StoredToken(
             id=token.id,
             subject=subject,
@@ -82,3 +83,9 @@ async def create_token(
         )
     )
     return token
+
+
+async def revoke_token(tokens: Tokens, token: str) -> str | None:
+    """Revoke a token given by its ID or whole; the ID if it was active, else ``None``."""
+    token_id = token.split(".", 1)[0]
+    return token_id if await tokens.revoke_token(token_id) else None

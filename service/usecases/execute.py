@@ -3,22 +3,19 @@
 An Update runs in one transaction that locks the operation row first: a duplicate delivery
 waits for that lock, then finds the operation done and does nothing. Updates delivered
 together are first tried as one statement that does the same for all of them; what it cannot
-do alone goes through that transaction. A Create downloads for a
-long time, so it is claimed with a lease first (committed), and finished in one transaction
-only if the claim is still its own.
+do alone goes through that transaction. A Create downloads for a long time, so it is claimed
+with a lease first (committed), and finished in one transaction only if the claim is still
+its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from dataclasses import replace
 
 import structlog
 
-from service.adapters.store import ClaimedOperation, Store, Transaction
-from service.batching import MicroBatcher
 from service.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -27,24 +24,37 @@ from service.domain.errors import (
     ServiceError,
     Unavailable,
 )
-from service.domain.model import ImageChange, ImageStatus, OperationError, OperationKind
-from service.domain.network import NetworkPolicy, parse_networks
-from service.domain.rules import status_after_failure
-from service.settings import Settings
-from workers.download import Downloaded, download_md5
+from service.domain.model import ClaimedOperation, ImageChange, ImageStatus, OperationError
+from service.domain.model import OperationKind as Kind
+from service.runtime.batching import MicroBatcher
+from service.runtime.retry import retrying
+from service.usecases.ports import Downloaded, Downloader, Operations, OperationTransaction
+from service.usecases.undo import end_with_error
 
 log = structlog.get_logger(__name__)
 
 DOWNLOAD_TRIES = 3
 
 
+def _error(exc: ServiceError) -> OperationError:
+    return OperationError.from_exception(exc)
+
+
 class Executor:
-    def __init__(self, store: Store, settings: Settings) -> None:
-        self._store = store
-        self._settings = settings
-        self._network_policy = NetworkPolicy(parse_networks(settings.download_allowed_networks))
+    def __init__(
+        self,
+        operations: Operations,
+        downloader: Downloader,
+        *,
+        lease_seconds: float,
+        max_attempts: int,
+    ) -> None:
+        self._operations = operations
+        self._downloader = downloader
+        self._lease_seconds = lease_seconds
+        self._max_attempts = max_attempts
         # Updates delivered together are applied together: one statement, one commit.
-        self._updates = MicroBatcher(store.apply_updates, max_batch=128, max_in_flight=2)
+        self._updates = MicroBatcher(operations.apply_updates, max_batch=128, max_in_flight=2)
 
     async def execute(self, operation_id: str) -> None:
         """Bring the operation to ``done``, unless it is done or another worker holds it.
@@ -54,28 +64,37 @@ class Executor:
         if await self._updates.submit(operation_id):
             log.info("operation.done")
             return
-        async with self._store.transaction() as tx:
+        async with self._operations.transaction() as tx:
             operation = await tx.lock_operation(operation_id)
             if operation is None:
                 log.info("operation.skipped", reason="done or unknown")
                 return
-            if operation.kind is OperationKind.UPDATE_IMAGE:
+            if operation.kind is Kind.UPDATE_IMAGE:
                 await _apply_update(tx, operation)
                 return
-            if operation.kind is OperationKind.DELETE_IMAGE:
+            if operation.kind is Kind.DELETE_IMAGE:
                 await _apply_delete(tx, operation)
                 return
         await self._create(operation_id)
 
+    async def abandon(self, operation_id: str, reason: str) -> None:
+        """Finish an operation that cannot be carried out, restoring its image."""
+        async with self._operations.transaction() as tx:
+            operation = await tx.lock_operation(operation_id)
+            if operation is None:
+                return
+            image = await tx.lock_image(operation.image_id)
+            await end_with_error(tx, operation, image, _error(Internal(reason)))
+            log.warning("operation.abandoned", reason=reason)
+
     async def _create(self, operation_id: str) -> None:
-        settings = self._settings
-        claim = await self._store.claim_with_lease(operation_id, settings.lease_seconds)
+        claim = await self._operations.claim_with_lease(operation_id, self._lease_seconds)
         if claim is None:
             log.info("operation.skipped", reason="done or held by another worker")
             return
-        if claim.attempt > settings.max_attempts:
+        if claim.attempt > self._max_attempts:
             await self.abandon(
-                operation_id, f"Operation failed after {settings.max_attempts} attempts"
+                operation_id, f"Operation failed after {self._max_attempts} attempts"
             )
             return
         heartbeat = asyncio.create_task(self._heartbeat(claim), name="lease-heartbeat")
@@ -83,63 +102,57 @@ class Executor:
         try:
             done, _ = await asyncio.wait({heartbeat, download}, return_when=asyncio.FIRST_COMPLETED)
             if download not in done:
-                # The operation finished elsewhere (cancelled) or was claimed again.
                 download.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await download
+                heartbeat.result()  # a heartbeat that crashed raises here, not silently
+                # The operation finished elsewhere (cancelled) or was claimed again.
                 log.warning("operation.download_stopped", attempt=claim.attempt)
                 return
-        except asyncio.CancelledError:
+        except BaseException:
             download.cancel()
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._store.release_lease(claim))
+                await asyncio.shield(self._operations.release_lease(claim))
             raise
         finally:
             heartbeat.cancel()
+        if heartbeat.done() and not heartbeat.cancelled() and heartbeat.exception() is not None:
+            # It crashed in the turn the download finished: the result still counts.
+            log.error("operation.heartbeat_failed", error=repr(heartbeat.exception()))
         try:
             result = download.result()
         except ServiceError as exc:
-            await self._finish_create(claim, checksum=None, error=exc)
+            await self._finish_create(claim, None, error=exc)
         else:
             log.info("image.downloaded", bytes=result.size)
-            await self._finish_create(claim, checksum=result.md5, error=None)
+            await self._finish_create(claim, result.md5, error=None)
 
     async def _download(self, uri: str) -> Downloaded:
-        settings = self._settings
-        delay = 0.5
-        for attempt in range(1, DOWNLOAD_TRIES + 1):
-            try:
-                return await download_md5(
-                    uri,
-                    timeout=settings.download_timeout_seconds,
-                    max_bytes=settings.download_max_bytes,
-                    stall_timeout=settings.download_stall_seconds,
-                    policy=self._network_policy,
-                )
-            except Unavailable as exc:
-                if attempt == DOWNLOAD_TRIES:
-                    raise
-                log.warning("image.download_retry", error=exc.message, attempt=attempt)
-                await asyncio.sleep(delay * (1 + random.random()))
-                delay *= 2
-        raise AssertionError("unreachable")
+        async for attempt in retrying(
+            "image.download", on=Unavailable, attempts=DOWNLOAD_TRIES, wait_initial=0.5
+        ):
+            with attempt:
+                return await self._downloader.download(uri)
+        raise AssertionError("retrying returned without a result or an error")
 
     async def _heartbeat(self, claim: ClaimedOperation) -> None:
         """Extend the lease until the operation is done elsewhere (then return).
 
         Every second at most, so a cancelled Create stops downloading within about a second.
         """
-        lease = self._settings.lease_seconds
+        lease = self._lease_seconds
         while True:
             await asyncio.sleep(min(lease / 3, 1.0))
             try:
-                if not await self._store.extend_lease(claim, lease):
+                if not await self._operations.extend_lease(claim, lease):
                     return
             except Unavailable as exc:
                 log.warning("operation.lease_extend_failed", error=exc.message)
 
     async def _finish_create(
-        self, claim: ClaimedOperation, *, checksum: str | None, error: ServiceError | None
+        self, claim: ClaimedOperation, checksum: str | None, *, error: ServiceError | None
     ) -> None:
-        async with self._store.transaction() as tx:
+        async with self._operations.transaction() as tx:
             if await tx.lock_operation(claim.id, claim.attempt) is None:
                 log.warning("operation.lease_lost", attempt=claim.attempt)
                 return
@@ -150,8 +163,7 @@ class Executor:
                 )
                 return
             if error is not None:
-                await tx.set_image_status(image.id, ImageStatus.ERROR)
-                await tx.finish(claim.id, error=_error(error))
+                await end_with_error(tx, claim, image, _error(error))
                 log.info("operation.failed", code=error.code.name, error=error.message)
                 return
             assert checksum is not None
@@ -160,33 +172,8 @@ class Executor:
             await tx.finish(claim.id, response=ready)
             log.info("operation.done")
 
-    async def abandon(self, operation_id: str, reason: str) -> None:
-        """Finish an operation that cannot be carried out, restoring its image."""
-        async with self._store.transaction() as tx:
-            operation = await tx.lock_operation(operation_id)
-            if operation is None:
-                return
-            image = await tx.lock_image(operation.image_id)
-            if image is not None and image.status in _TRANSITIONAL:
-                before = operation.request.get("status_before")
-                await tx.set_image_status(
-                    image.id,
-                    status_after_failure(
-                        image.status, None if before is None else ImageStatus(before)
-                    ),
-                )
-            await tx.finish(operation_id, error=_error(Internal(reason)))
-            log.warning("operation.abandoned", reason=reason)
 
-
-_TRANSITIONAL = (ImageStatus.CREATING, ImageStatus.UPDATING, ImageStatus.DELETING)
-
-
-def _error(exc: ServiceError) -> OperationError:
-    return OperationError.from_exception(exc)
-
-
-async def _apply_update(tx: Transaction, operation: ClaimedOperation) -> None:
+async def _apply_update(tx: OperationTransaction, operation: ClaimedOperation) -> None:
     image = await tx.lock_image(operation.image_id)
     if image is None:
         await tx.finish(
@@ -206,15 +193,14 @@ async def _apply_update(tx: Transaction, operation: ClaimedOperation) -> None:
     try:
         await tx.save_image(updated)
     except AlreadyExists as exc:
-        await tx.set_image_status(image.id, ImageStatus.READY)
-        await tx.finish(operation.id, error=_error(exc))
+        await end_with_error(tx, operation, image, _error(exc))
         log.info("operation.failed", code=exc.code.name, error=exc.message)
         return
     await tx.finish(operation.id, response=updated)
     log.info("operation.done")
 
 
-async def _apply_delete(tx: Transaction, operation: ClaimedOperation) -> None:
+async def _apply_delete(tx: OperationTransaction, operation: ClaimedOperation) -> None:
     image = await tx.lock_image(operation.image_id)
     if image is not None:
         if image.status is not ImageStatus.DELETING:

@@ -13,7 +13,7 @@ import aio_pika
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.adapters.queue import queue_arguments
+from service.adapters.rabbitmq import queue_arguments
 from service.domain.ids import OPERATION_PREFIX, new_id
 from tests.conftest import AMQP_URL
 from tests.e2e.client import create_ready_image, folder, response_image, unique, wait_done

@@ -12,7 +12,7 @@ import pydantic
 import pytest
 
 from service.domain import ids
-from service.settings import Settings
+from service.runtime.settings import Settings
 from tests.e2e.client import create_ready_image, folder, rpc_error, unique
 from tests.support import connect, eventually
 from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc

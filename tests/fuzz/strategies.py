@@ -455,7 +455,7 @@ def _forge(position: dict[str, Any]) -> str:
 def _query_digest(folder_id: str, filter_text: str, order_by: str) -> str | None:
     """The query digest a real token for this List request would carry, if it parses."""
     try:
-        query = image_query(folder_id, filter_text, order_by, 1, "")
+        query = image_query(folder_id, filter_text, order_by, "")
         return str(decode_page_token(query.next_token("x", "y"))["q"])
     except Exception:  # an invalid filter or order: no token can match it
         return None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.adapters.store import NewUpdate
 from service.domain import ids
 from service.domain.model import DESCRIPTIONS, ImageChange, Operation, OperationKind, utcnow
+from service.usecases.ports import NewUpdate
 
 READY, UPDATING, CREATING = 2, 5, 1
 

@@ -1,4 +1,4 @@
-"""``workers.download.download_md5`` in-process against the test blob server.
+"""``service.adapters.download.download_md5`` in-process against the test blob server.
 
 MD5 and size of streamed bodies (with and without a Content-Length, through a redirect), the
 size limit (declared and actual), the time limit, and how each failure of the source is
@@ -17,10 +17,10 @@ import uuid
 
 import pytest
 
+from service.adapters.download import CHUNK, DownloadFailed, download_md5
 from service.domain.errors import Code, DeadlineExceeded, Unavailable
 from service.domain.network import ForbiddenAddress, NetworkPolicy, parse_networks
 from tests.support import BlobServer, blob, eventually, generated_chunks
-from workers.download import CHUNK, DownloadFailed, download_md5
 
 # The blob server runs on loopback, which downloads may reach only when allowed.
 LOOPBACK = NetworkPolicy(parse_networks("127.0.0.0/8"))

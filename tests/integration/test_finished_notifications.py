@@ -10,10 +10,15 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from service.adapters.store import DoneListener, finished_operation
+from service.adapters.postgres.listener import DoneListener, finished_operation
 from service.domain import ids
+from service.domain.auth import Principal, Role
 from service.domain.model import ImageChange, Operation
+from service.runtime.waiters import OperationWaiters
+from service.usecases.operations import Operations
 from tests.integration.rows import add_image, folder, update
+
+EDITOR = Principal(subject="tester", role=Role.EDITOR, folders=frozenset({"*"}))
 
 
 @pytest.fixture
@@ -40,33 +45,42 @@ async def test_a_finished_update_is_told_exactly_as_it_reads(store, db, notifica
         image_id,
         json.dumps({"é": "ü", "quote": '"'}),
     )
-    [operation] = await store.begin_updates([update(image_id, ImageChange(description="told"))])
-    assert await store.apply_updates([operation.id]) == [True]
+    [operation] = await store.accepts.begin_updates(
+        [update(image_id, ImageChange(description="told"))]
+    )
+    assert await store.operations.apply_updates([operation.id]) == [True]
     payload = await told(notifications, operation.id)
     operation_id, from_payload = finished_operation(payload)
     assert operation_id == operation.id
-    assert [from_payload] == await store.get_operations([operation.id])
+    assert [from_payload] == await store.reads.get_operations([operation.id])
     assert from_payload.response.description == "told"
 
 
 async def test_a_cancelled_operation_is_told_with_its_error(store, db, notifications):
     image_id = await add_image(db, folder())
-    [operation] = await store.begin_updates([update(image_id, ImageChange(description="x"))])
-    await store.cancel_operation(operation.id)
+    [operation] = await store.accepts.begin_updates(
+        [update(image_id, ImageChange(description="x"))]
+    )
+    operations = Operations(
+        store.reads, store.operations, OperationWaiters(), encode=lambda _: b"", cache_size=0
+    )
+    await operations.cancel_operation(operation.id, EDITOR)
     payload = await told(notifications, operation.id)
     _, from_payload = finished_operation(payload)
-    assert [from_payload] == await store.get_operations([operation.id])
+    assert [from_payload] == await store.reads.get_operations([operation.id])
     assert from_payload.error is not None
 
 
 async def test_an_operation_too_large_to_tell_is_announced_by_its_id(store, db, notifications):
     image_id = await add_image(db, folder())
-    [operation] = await store.begin_updates([update(image_id, ImageChange(description="x"))])
+    [operation] = await store.accepts.begin_updates(
+        [update(image_id, ImageChange(description="x"))]
+    )
     labels = {f"k{n:02}" + "k" * 60: "v" * 63 for n in range(64)}
     await db.execute(
         "UPDATE images SET labels = $2::jsonb WHERE id = $1", image_id, json.dumps(labels)
     )
-    assert await store.apply_updates([operation.id]) == [True]
+    assert await store.operations.apply_updates([operation.id]) == [True]
     payload = await told(notifications, operation.id)
     assert payload == operation.id
     assert finished_operation(payload) == (operation.id, None)

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 import pytest
 
-from service.adapters.queue import Broker
-from service.app import ImageApp
+from service.adapters.rabbitmq import Broker
 from service.domain import ids
 from service.domain.auth import Principal, Role
 from service.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from service.domain.model import ImageChange, Operation
+from service.usecases.images import Images
+from service.usecases.outbox import PublishedMarks
 from tests.conftest import AMQP_URL
 from tests.integration.rows import CREATING, READY, UPDATING, add_image, folder, update
 from tests.support import eventually
@@ -24,7 +25,7 @@ async def test_a_batch_of_updates_is_accepted_with_one_operation_row_each(store,
     f = folder()
     images = [await add_image(db, f) for _ in range(5)]
     batch = [update(i, ImageChange(description=f"d{n}")) for n, i in enumerate(images)]
-    accepted = await store.begin_updates(batch)
+    accepted = await store.accepts.begin_updates(batch)
     assert [op.id if op else None for op in accepted] == [u.operation.id for u in batch]
     assert all(op is not None and op.folder_id == f for op in accepted)
     rows = await db.fetch(
@@ -57,7 +58,7 @@ async def test_what_a_batch_does_not_accept_is_left_untouched(store, db):
         update(renamed, ImageChange(name="taken"), [f]),
         update(ids.new_id(ids.IMAGE_PREFIX), ImageChange(description="no such image"), [f]),
     ]
-    accepted = await store.begin_updates(batch)
+    accepted = await store.accepts.begin_updates(batch)
     assert accepted[0] is not None
     assert (accepted[1] is None) != (accepted[2] is None), "exactly one Update of one image"
     assert accepted[3:] == [None, None, None, None]
@@ -83,7 +84,7 @@ async def test_updates_with_other_folder_filters_in_one_batch_each_see_their_own
         update(in_g, ImageChange(description="g"), [g]),
         update(in_f, ImageChange(description="everyone"), None),
     ]
-    accepted = await store.begin_updates(batch)
+    accepted = await store.accepts.begin_updates(batch)
     assert accepted[0] is not None
     assert accepted[0].folder_id == f
     assert accepted[1] is None
@@ -96,9 +97,9 @@ async def test_operations_are_read_together_in_the_order_asked(store, db):
     f = folder()
     images = [await add_image(db, f) for _ in range(3)]
     batch = [update(i, ImageChange(description="x")) for i in images]
-    accepted = await store.begin_updates(batch)
+    accepted = await store.accepts.begin_updates(batch)
     wanted = [accepted[2].id, ids.new_id(ids.OPERATION_PREFIX), accepted[0].id, accepted[2].id]
-    read = await store.get_operations(wanted)
+    read = await store.reads.get_operations(wanted)
     assert [op.id if op else None for op in read] == [wanted[0], None, wanted[2], wanted[3]]
     assert read[0].image_id == images[2]
     assert not read[0].done
@@ -107,9 +108,10 @@ async def test_operations_are_read_together_in_the_order_asked(store, db):
 @pytest.fixture
 async def broker(queue_names) -> AsyncIterator[Broker]:
     broker = Broker(AMQP_URL, queue_names("group-commit"), 5)
-    broker.start()
+    connecting = asyncio.create_task(broker.connect())
     await broker.wait_connected(30)
     yield broker
+    await connecting
     await broker.close()
 
 
@@ -117,18 +119,22 @@ async def test_concurrent_updates_through_the_app_get_the_same_answers_as_alone(
     """Group commit changes no answer: one Update per image is accepted, the others get the
     precise error they would get one at a time."""
     f = folder()
-    app = ImageApp(store, broker, publish_timeout=5, cache_size=100)
+    app = Images(
+        store.accepts, store.reads, broker, PublishedMarks(store.outbox), publish_timeout=5
+    )
     caller = Principal(subject="tester", role=Role.EDITOR, folders=frozenset({f}))
     images = [await add_image(db, f) for _ in range(4)]
     creating = await add_image(db, f, status=CREATING)
     await add_image(db, f, name="taken")
-    calls = [app.update_image(i, ImageChange(description="a"), caller) for i in images]
-    calls += [app.update_image(i, ImageChange(description="b"), caller) for i in images]
-    calls.append(app.update_image(creating, ImageChange(description="c"), caller))
-    calls.append(app.update_image(images[0], ImageChange(name="taken"), caller))
-    calls.append(
-        app.update_image(ids.new_id(ids.IMAGE_PREFIX), ImageChange(description="d"), caller)
-    )
+
+    def describe(image_id: str, text: str) -> Awaitable[Operation]:
+        return app.update_image(image_id, ["description"], "", text, {}, caller)
+
+    calls = [describe(i, "a") for i in images]
+    calls += [describe(i, "b") for i in images]
+    calls.append(describe(creating, "c"))
+    calls.append(app.update_image(images[0], ["name"], "taken", "", {}, caller))
+    calls.append(describe(ids.new_id(ids.IMAGE_PREFIX), "d"))
     results = await asyncio.gather(*calls, return_exceptions=True)
     per_image = [
         [r for r in (results[n], results[n + 4]) if isinstance(r, Operation)] for n in range(4)
@@ -150,12 +156,12 @@ async def test_batches_sharing_images_in_opposite_orders_do_not_deadlock(store, 
     async with db.acquire() as conn, conn.transaction():
         await conn.execute("SELECT 1 FROM images WHERE id = ANY($1) FOR UPDATE", [a, b])
         first = asyncio.create_task(
-            store.begin_updates(
+            store.accepts.begin_updates(
                 [update(a, ImageChange(description="1a")), update(b, ImageChange(description="1b"))]
             )
         )
         second = asyncio.create_task(
-            store.begin_updates(
+            store.accepts.begin_updates(
                 [update(b, ImageChange(description="2b")), update(a, ImageChange(description="2a"))]
             )
         )
@@ -176,11 +182,11 @@ async def test_batches_sharing_images_in_opposite_orders_do_not_deadlock(store, 
 async def test_published_marks_spare_operations_already_done(store, db):
     f = folder()
     done_image, queued_image = await add_image(db, f), await add_image(db, f)
-    done, queued = await store.begin_updates(
+    done, queued = await store.accepts.begin_updates(
         [update(done_image, ImageChange(description="d")), update(queued_image, ImageChange())]
     )
-    assert await store.apply_updates([done.id]) == [True]
-    await store.mark_published([done.id, queued.id])
+    assert await store.operations.apply_updates([done.id]) == [True]
+    await store.outbox.mark_published([done.id, queued.id])
     marks = dict(
         await db.fetch(
             "SELECT id, published_at IS NOT NULL FROM operations WHERE id = ANY($1)",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from service.batching import MicroBatcher
+from service.runtime.batching import MicroBatcher
 from tests.support import eventually
 
 

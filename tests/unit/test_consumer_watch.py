@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.adapters.queue import consumer_is_lost
+from service.adapters.rabbitmq import consumer_is_lost
 
 
 @pytest.mark.parametrize(

@@ -324,7 +324,7 @@ def test_an_invalid_order_by_names_the_order_by_field(text: str) -> None:
 
 
 def first_query(filter_text: str = 'name:"a"', order_by: str = "name desc", folder: str = FOLDER):
-    return image_query(folder, filter_text, order_by, 10, "")
+    return image_query(folder, filter_text, order_by, "")
 
 
 def token_of(filter_text: str = 'name:"a"', order_by: str = "name desc", folder: str = FOLDER):
@@ -337,11 +337,10 @@ def test_a_first_page_has_no_position() -> None:
     assert query.folder_id == FOLDER
     assert query.conditions == [Condition("name", HAS, "a")]
     assert query.ordering == Ordering("name", True)
-    assert query.limit == 10
 
 
 def test_a_token_resumes_the_same_query_after_its_row() -> None:
-    query = image_query(FOLDER, 'name:"a"', "name desc", 10, token_of())
+    query = image_query(FOLDER, 'name:"a"', "name desc", token_of())
     assert query.after == ("abc", IMAGE_ID)
     assert query.conditions == [Condition("name", HAS, "a")]
     assert query.ordering == Ordering("name", True)
@@ -350,7 +349,7 @@ def test_a_token_resumes_the_same_query_after_its_row() -> None:
 @pytest.mark.parametrize("order_by", ["", "id", "id asc", "id desc", "name", "name desc"])
 def test_a_token_round_trips_a_text_key(order_by: str) -> None:
     token = first_query(order_by=order_by).next_token("n\u00fc'\"\\x", OTHER_IMAGE_ID)
-    query = image_query(FOLDER, 'name:"a"', order_by, 10, token)
+    query = image_query(FOLDER, 'name:"a"', order_by, token)
     assert query.after == ("n\u00fc'\"\\x", OTHER_IMAGE_ID)
 
 
@@ -367,7 +366,7 @@ def test_a_token_round_trips_a_text_key(order_by: str) -> None:
 @pytest.mark.parametrize("order_by", ["createdAt", "createdAt asc", "createdAt desc"])
 def test_a_created_at_token_round_trips_a_datetime(when: datetime, order_by: str) -> None:
     token = first_query(order_by=order_by).next_token(when, IMAGE_ID)
-    query = image_query(FOLDER, 'name:"a"', order_by, 10, token)
+    query = image_query(FOLDER, 'name:"a"', order_by, token)
     assert query.after is not None
     key, image_id = query.after
     assert isinstance(key, datetime)
@@ -376,10 +375,10 @@ def test_a_created_at_token_round_trips_a_datetime(when: datetime, order_by: str
     assert image_id == IMAGE_ID
 
 
-def test_the_page_size_may_change_between_pages() -> None:
-    query = image_query(FOLDER, 'name:"a"', "name desc", 1000, token_of())
+def test_a_token_does_not_carry_the_page_size_so_it_may_change_between_pages() -> None:
+    # The page size is not part of the query a token is checked against.
+    query = image_query(FOLDER, 'name:"a"', "name desc", token_of())
     assert query.after == ("abc", IMAGE_ID)
-    assert query.limit == 1000
 
 
 @pytest.mark.parametrize(
@@ -391,14 +390,14 @@ def test_the_page_size_may_change_between_pages() -> None:
     ],
 )
 def test_a_token_fits_the_same_query_spelled_differently(filter_text: str, order_by: str) -> None:
-    query = image_query(FOLDER, filter_text, order_by, 10, token_of())
+    query = image_query(FOLDER, filter_text, order_by, token_of())
     assert query.after == ("abc", IMAGE_ID)
 
 
 @pytest.mark.parametrize("order_by", ["", "id", "id asc"])
 def test_the_default_order_and_id_asc_share_tokens(order_by: str) -> None:
     token = first_query(order_by="").next_token(IMAGE_ID, IMAGE_ID)
-    assert image_query(FOLDER, 'name:"a"', order_by, 10, token).after == (IMAGE_ID, IMAGE_ID)
+    assert image_query(FOLDER, 'name:"a"', order_by, token).after == (IMAGE_ID, IMAGE_ID)
 
 
 @pytest.mark.parametrize(
@@ -420,14 +419,14 @@ def test_the_default_order_and_id_asc_share_tokens(order_by: str) -> None:
 )
 def test_a_token_of_another_query_is_refused(folder: str, filter_text: str, order_by: str) -> None:
     token = token_of()
-    assert_invalid(lambda: image_query(folder, filter_text, order_by, 10, token), "page_token")
+    assert_invalid(lambda: image_query(folder, filter_text, order_by, token), "page_token")
 
 
 def test_the_query_digest_does_not_confuse_adjacent_values() -> None:
     # One condition "a AND b" against two conditions a, b; a folder/filter boundary shift.
     token = first_query('name:"a AND name:b"').next_token("abc", IMAGE_ID)
     assert_invalid(
-        lambda: image_query(FOLDER, 'name:"a" AND name:"b"', "name desc", 10, token), "page_token"
+        lambda: image_query(FOLDER, 'name:"a" AND name:"b"', "name desc", token), "page_token"
     )
 
 
@@ -444,7 +443,7 @@ def test_the_query_digest_does_not_confuse_adjacent_values() -> None:
     ],
 )
 def test_a_garbage_token_is_refused(token: str) -> None:
-    assert_invalid(lambda: image_query(FOLDER, 'name:"a"', "name desc", 10, token), "page_token")
+    assert_invalid(lambda: image_query(FOLDER, 'name:"a"', "name desc", token), "page_token")
 
 
 def test_a_token_with_a_character_changed_is_refused() -> None:
@@ -452,7 +451,7 @@ def test_a_token_with_a_character_changed_is_refused() -> None:
     for index in range(len(token) - 1):
         changed = token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1 :]
         assert_invalid(
-            lambda changed=changed: image_query(FOLDER, 'name:"a"', "name desc", 10, changed),
+            lambda changed=changed: image_query(FOLDER, 'name:"a"', "name desc", changed),
             "page_token",
         )
 
@@ -482,65 +481,62 @@ def _digest_of(order_by: str = "name desc") -> str:
 )
 def test_a_well_formed_token_with_a_bad_position_is_refused(key: object) -> None:
     token = encode_page_token({"q": _digest_of(), "k": key})
-    assert_invalid(lambda: image_query(FOLDER, 'name:"a"', "name desc", 10, token), "page_token")
+    assert_invalid(lambda: image_query(FOLDER, 'name:"a"', "name desc", token), "page_token")
 
 
 def test_a_well_formed_token_without_a_digest_is_refused() -> None:
     token = encode_page_token({"k": ["abc", IMAGE_ID]})
-    assert_invalid(lambda: image_query(FOLDER, 'name:"a"', "name desc", 10, token), "page_token")
+    assert_invalid(lambda: image_query(FOLDER, 'name:"a"', "name desc", token), "page_token")
 
 
 @pytest.mark.parametrize("key", ["yesterday", "", "2024-13-01T00:00:00+00:00", "abc"])
 def test_a_created_at_token_with_a_bad_timestamp_is_refused(key: str) -> None:
     token = encode_page_token({"q": _digest_of("createdAt desc"), "k": [key, IMAGE_ID]})
-    assert_invalid(
-        lambda: image_query(FOLDER, 'name:"a"', "createdAt desc", 10, token), "page_token"
-    )
+    assert_invalid(lambda: image_query(FOLDER, 'name:"a"', "createdAt desc", token), "page_token")
 
 
 def test_an_operations_token_is_not_an_images_token() -> None:
-    token = operation_query(IMAGE_ID, 10, "").next_token(WHEN, OPERATION_ID)
-    assert_invalid(lambda: image_query(FOLDER, "", "", 10, token), "page_token")
+    token = operation_query(IMAGE_ID, "").next_token(WHEN, OPERATION_ID)
+    assert_invalid(lambda: image_query(FOLDER, "", "", token), "page_token")
 
 
 def test_a_malformed_filter_or_order_is_reported_before_the_token() -> None:
-    assert_invalid(lambda: image_query(FOLDER, "name=x", "", 10, "garbage"), "filter")
-    assert_invalid(lambda: image_query(FOLDER, "", "size", 10, "garbage"), "order_by")
+    assert_invalid(lambda: image_query(FOLDER, "name=x", "", "garbage"), "filter")
+    assert_invalid(lambda: image_query(FOLDER, "", "size", "garbage"), "order_by")
 
 
 # --- operation_query ---------------------------------------------------------------------------
 
 
 def test_an_operations_first_page_has_no_position() -> None:
-    query = operation_query(IMAGE_ID, 5, "")
+    query = operation_query(IMAGE_ID, "")
     assert query.after is None
     assert query.image_id == IMAGE_ID
-    assert query.limit == 5
 
 
 @pytest.mark.parametrize(
     "when", [WHEN, WHEN.replace(microsecond=0), WHEN.astimezone(timezone(timedelta(hours=-5)))]
 )
 def test_an_operations_token_round_trips_a_datetime(when: datetime) -> None:
-    token = operation_query(IMAGE_ID, 5, "").next_token(when, OPERATION_ID)
-    query = operation_query(IMAGE_ID, 50, token)
+    token = operation_query(IMAGE_ID, "").next_token(when, OPERATION_ID)
+    query = operation_query(IMAGE_ID, token)
     assert query.after == (when, OPERATION_ID)
     assert isinstance(query.after[0], datetime)
     assert query.after[0].utcoffset() == when.utcoffset()
 
 
 def test_an_operations_token_of_another_image_is_refused() -> None:
-    token = operation_query(IMAGE_ID, 5, "").next_token(WHEN, OPERATION_ID)
-    assert_invalid(lambda: operation_query(OTHER_IMAGE_ID, 5, token), "page_token")
+    token = operation_query(IMAGE_ID, "").next_token(WHEN, OPERATION_ID)
+    assert_invalid(lambda: operation_query(OTHER_IMAGE_ID, token), "page_token")
 
 
 @pytest.mark.parametrize("token", ["garbage", "x", "a" * 2000, "bm90LWEtdG9rZW4"])
 def test_a_garbage_operations_token_is_refused(token: str) -> None:
-    assert_invalid(lambda: operation_query(IMAGE_ID, 5, token), "page_token")
+    assert_invalid(lambda: operation_query(IMAGE_ID, token), "page_token")
 
 
 def test_an_images_token_is_not_an_operations_token() -> None:
-    assert_invalid(lambda: operation_query(IMAGE_ID, 5, token_of()), "page_token")
+    assert_invalid(lambda: operation_query(IMAGE_ID, token_of()), "page_token")
 
 
 @pytest.mark.parametrize(
@@ -558,4 +554,4 @@ def test_an_images_token_is_not_an_operations_token() -> None:
 )
 def test_a_well_formed_operations_token_with_a_bad_position_is_refused(key: object) -> None:
     token = encode_page_token({"image": IMAGE_ID, "k": key})
-    assert_invalid(lambda: operation_query(IMAGE_ID, 5, token), "page_token")
+    assert_invalid(lambda: operation_query(IMAGE_ID, token), "page_token")

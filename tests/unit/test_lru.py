@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.domain.lru import Lru
+from service.runtime.lru import Lru
 
 
 def test_the_least_recently_used_entry_goes_first_and_a_read_counts_as_use():

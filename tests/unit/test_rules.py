@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from service.domain.errors import Code, FailedPrecondition
-from service.domain.model import ImageStatus
-from service.domain.rules import ensure_updatable, status_after_failure
+from service.domain.errors import Code, FailedPrecondition, ResourceExhausted
+from service.domain.model import ImageStatus, OperationKind
+from service.domain.rules import ensure_updatable, ensure_within_quota, image_after_ending
+
+CREATE, UPDATE, DELETE = (
+    OperationKind.CREATE_IMAGE,
+    OperationKind.UPDATE_IMAGE,
+    OperationKind.DELETE_IMAGE,
+)
 
 IMAGE_ID = "img" + "a1b2c3d4e5f6g7h8i"
 
@@ -55,17 +61,49 @@ def test_only_ready_is_updatable() -> None:
 
 
 @pytest.mark.parametrize(
-    ("before", "after"),
+    ("kind", "now", "before", "cancelled", "after"),
     [
-        (ImageStatus.CREATING, ImageStatus.ERROR),
-        (ImageStatus.UPDATING, ImageStatus.READY),
-        (ImageStatus.DELETING, ImageStatus.READY),
-        (ImageStatus.READY, ImageStatus.READY),
+        (CREATE, ImageStatus.CREATING, None, False, ImageStatus.ERROR),
+        (CREATE, ImageStatus.CREATING, None, True, None),
+        (CREATE, ImageStatus.READY, None, True, None),
+        (UPDATE, ImageStatus.UPDATING, None, False, ImageStatus.READY),
+        (UPDATE, ImageStatus.UPDATING, None, True, ImageStatus.READY),
+        (UPDATE, ImageStatus.READY, None, False, ImageStatus.READY),
+        (DELETE, ImageStatus.DELETING, ImageStatus.ERROR, False, ImageStatus.ERROR),
+        (DELETE, ImageStatus.DELETING, ImageStatus.READY, True, ImageStatus.READY),
+        (DELETE, ImageStatus.DELETING, None, False, ImageStatus.READY),
+        (DELETE, ImageStatus.ERROR, ImageStatus.READY, False, ImageStatus.ERROR),
     ],
 )
-def test_status_after_a_failed_operation(before: ImageStatus, after: ImageStatus) -> None:
-    assert status_after_failure(before) is after
+def test_where_an_operation_ending_without_its_change_leaves_its_image(
+    kind: OperationKind,
+    now: ImageStatus,
+    before: ImageStatus | None,
+    cancelled: bool,
+    after: ImageStatus | None,
+) -> None:
+    assert image_after_ending(kind, now, before, cancelled=cancelled) is after
 
 
-def test_a_failed_update_never_leaves_the_image_updating() -> None:
-    assert status_after_failure(ImageStatus.UPDATING) is not ImageStatus.UPDATING
+@pytest.mark.parametrize("kind", list(OperationKind))
+@pytest.mark.parametrize("cancelled", [False, True])
+def test_an_ended_operation_never_leaves_its_image_in_its_transitional_status(
+    kind: OperationKind, cancelled: bool
+) -> None:
+    for status in (ImageStatus.CREATING, ImageStatus.UPDATING, ImageStatus.DELETING):
+        after = image_after_ending(kind, status, ImageStatus.READY, cancelled=cancelled)
+        transitional = {
+            OperationKind.CREATE_IMAGE: ImageStatus.CREATING,
+            OperationKind.UPDATE_IMAGE: ImageStatus.UPDATING,
+            OperationKind.DELETE_IMAGE: ImageStatus.DELETING,
+        }[kind]
+        if status is transitional:
+            assert after is not transitional
+
+
+def test_the_quota_refuses_the_operation_that_would_exceed_it() -> None:
+    ensure_within_quota("f", 9, 10)
+    with pytest.raises(ResourceExhausted) as info:
+        ensure_within_quota("f", 10, 10)
+    assert info.value.quota[0].field == "folder:f"
+    assert info.value.retryable

@@ -23,11 +23,10 @@ from typing import Any, cast
 
 import grpc
 import structlog
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service.authn import Authenticator
 from service.domain.auth import Principal
 from service.domain.errors import (
     FieldViolation,
@@ -35,7 +34,9 @@ from service.domain.errors import (
     ResourceExhausted,
     ServiceError,
 )
-from service.domain.ratelimit import RateLimiter
+from service.entrypoints.grpc.convert import pack
+from service.runtime.ratelimit import RateLimiter
+from service.usecases.auth import Authenticator
 
 log = structlog.get_logger(__name__)
 
@@ -60,18 +61,12 @@ def caller() -> Principal:
     return _CALLER.get()
 
 
-def _pack(message: Any) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
-
-
 def error_status(exc: ServiceError, request_id: str) -> status_pb2.Status:
     """The rich status a client receives for a domain error."""
     details = []
     if isinstance(exc, InvalidArgument):
         details.append(
-            _pack(
+            pack(
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
@@ -86,10 +81,10 @@ def error_status(exc: ServiceError, request_id: str) -> status_pb2.Status:
         if exc.retry_after is not None:
             delay = duration_pb2.Duration()
             delay.FromTimedelta(timedelta(seconds=max(exc.retry_after, 0.001)))
-            details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+            details.append(pack(error_details_pb2.RetryInfo(retry_delay=delay)))
         if exc.quota:
             details.append(
-                _pack(
+                pack(
                     error_details_pb2.QuotaFailure(
                         violations=[
                             error_details_pb2.QuotaFailure.Violation(
@@ -100,7 +95,7 @@ def error_status(exc: ServiceError, request_id: str) -> status_pb2.Status:
                     )
                 )
             )
-    details.append(_pack(error_details_pb2.RequestInfo(request_id=request_id)))
+    details.append(pack(error_details_pb2.RequestInfo(request_id=request_id)))
     return status_pb2.Status(code=int(exc.code), message=exc.message, details=details)
 
 
@@ -209,7 +204,7 @@ class CallHandling:
                 internal = status_pb2.Status(
                     code=grpc.StatusCode.INTERNAL.value[0],
                     message=f"Internal error; request ID {request_id}",
-                    details=[_pack(error_details_pb2.RequestInfo(request_id=request_id))],
+                    details=[pack(error_details_pb2.RequestInfo(request_id=request_id))],
                 )
                 await context.abort_with_status(rpc_status.to_status(internal))
             finally:

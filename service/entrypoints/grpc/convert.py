@@ -32,7 +32,8 @@ def image_to_proto(image: Image) -> image_pb2.Image:
     )
 
 
-def _pack(message: object) -> any_pb2.Any:
+def pack(message: object) -> any_pb2.Any:
+    """``message`` packed in an ``Any`` (its type URL under type.googleapis.com)."""
     packed = any_pb2.Any()
     packed.Pack(message)  # type: ignore[arg-type]
     return packed
@@ -46,7 +47,7 @@ _METADATA = {
 
 
 def operation_to_proto(operation: Operation) -> operation_pb2.Operation:
-    metadata = _pack(_METADATA[operation.kind](image_id=operation.image_id))
+    metadata = pack(_METADATA[operation.kind](image_id=operation.image_id))
     out = operation_pb2.Operation(
         id=operation.id,
         description=operation.description,
@@ -61,9 +62,9 @@ def operation_to_proto(operation: Operation) -> operation_pb2.Operation:
             status_pb2.Status(code=int(operation.error.code), message=operation.error.message)
         )
     elif operation.response is not None:
-        out.response.CopyFrom(_pack(image_to_proto(operation.response)))
+        out.response.CopyFrom(pack(image_to_proto(operation.response)))
     elif operation.done:  # a finished Delete
-        out.response.CopyFrom(_pack(empty_pb2.Empty()))
+        out.response.CopyFrom(pack(empty_pb2.Empty()))
     return out
 
 
@@ -76,3 +77,8 @@ def longrunning_operation(operation: Operation) -> operations_pb2.Operation:
     elif ours.HasField("response"):
         out.response.CopyFrom(ours.response)
     return out
+
+
+def encode_operation(operation: Operation) -> bytes:
+    """An operation as ``OperationService.Get`` sends it."""
+    return operation_to_proto(operation).SerializeToString()

@@ -16,8 +16,8 @@ from types import FrameType
 
 
 def _child() -> None:
-    from service.__main__ import serve_api
-    from service.settings import Settings
+    from service.entrypoints.grpc.server import serve_api
+    from service.runtime.settings import Settings
 
     serve_api(Settings())
 

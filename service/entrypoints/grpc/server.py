@@ -1,9 +1,8 @@
-"""The composition root of the API process: wires store, broker, app, servicers and server."""
+"""The API process: the gRPC server over the use cases that ``service.bootstrap`` builds."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 from pathlib import Path
@@ -15,18 +14,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from service.adapters.queue import Broker
-from service.adapters.store import DoneListener, Store, wait_for_database
-from service.api.calls import CallHandling
-from service.api.servicers import ImageService, LongRunningOperations, OperationService
-from service.app import ImageApp
-from service.authn import Authenticator
-from service.domain.errors import ServiceError
-from service.domain.network import NetworkPolicy, parse_networks
-from service.domain.ratelimit import RateLimiter
-from service.published import PublishedMarks
-from service.settings import Settings
-from service.waiters import OperationWaiters
+from service.bootstrap import Api, Infrastructure, build_api, start_infrastructure
+from service.entrypoints.grpc.calls import CallHandling
+from service.entrypoints.grpc.convert import encode_operation
+from service.entrypoints.grpc.servicers import (
+    ImageService,
+    LongRunningOperations,
+    OperationService,
+)
+from service.runtime import logs
+from service.runtime.loop import run_loop
+from service.runtime.settings import Settings
+from service.usecases.health import dependencies_ok
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
 
@@ -37,7 +36,8 @@ SERVICE_NAMES = (
     operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"].full_name,
     operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
 )
-STARTUP_DEADLINE_SECONDS = 60.0
+# Serving before the broker is reached is safe (the outbox holds what cannot be sent), but a
+# normal start should publish directly: give the connection a moment.
 BROKER_STARTUP_WAIT_SECONDS = 5.0
 
 
@@ -56,37 +56,56 @@ def _listen(server: grpc.aio.Server, settings: Settings) -> int:
     return server.add_insecure_port(settings.grpc_listen)
 
 
-async def dependencies_ok(store: Store, broker: Broker, timeout: float) -> bool:
-    """Whether the database answers and the broker connection is up."""
-    try:
-        await asyncio.wait_for(store.ping(), timeout)
-    except (ServiceError, TimeoutError):
-        return False
-    return broker.is_healthy()
+def _grpc_server(settings: Settings, api: Api) -> grpc.aio.Server:
+    server = grpc.aio.server(
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+        options=[
+            # Several API processes may listen on one port; the kernel spreads connections.
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
+        ],
+    )
+    CallHandling(api.authenticator, api.limiter).add_services(
+        server,
+        (
+            (image_service_pb2_grpc.add_ImageServiceServicer_to_server, ImageService(api.images)),
+            (
+                operation_service_pb2_grpc.add_OperationServiceServicer_to_server,
+                OperationService(api.operations),
+            ),
+            (
+                operations_pb2_grpc.add_OperationsServicer_to_server,
+                LongRunningOperations(api.operations),
+            ),
+        ),
+    )
+    return server
 
 
-async def _report_health(
-    health: HealthServicer, store: Store, broker: Broker, interval: float
-) -> None:
+def _report_health(health: HealthServicer, infra: Infrastructure, interval: float) -> None:
     """SERVING while PostgreSQL and RabbitMQ are reachable, NOT_SERVING while one is not.
 
     Accepted operations are safe either way (the outbox waits for the broker); the status
     tells load balancers and operators that this instance cannot do its whole job.
     """
-    last: bool | None = None
-    while True:
-        ok = await dependencies_ok(store, broker, timeout=interval)
-        if ok != last:
-            status = (
-                health_pb2.HealthCheckResponse.SERVING
-                if ok
-                else health_pb2.HealthCheckResponse.NOT_SERVING
-            )
-            for name in ("", *SERVICE_NAMES):
-                await health.set(name, status)
-            log.log(20 if ok else 30, "health.changed", serving=ok)
-            last = ok
-        await asyncio.sleep(interval)
+    last: list[bool] = []
+
+    async def check() -> None:
+        ok = await dependencies_ok(infra.postgres.db, infra.broker, timeout=interval)
+        if last and last[0] == ok:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if ok
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            await health.set(name, status)
+        log.log(20 if ok else 30, "health.changed", serving=ok)
+        last[:] = [ok]
+
+    infra.supervisor.every("health", interval, check)
 
 
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -97,56 +116,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    store = await wait_for_database(settings, deadline=STARTUP_DEADLINE_SECONDS)
-    broker = Broker(settings.amqp_url, settings.amqp_queue, settings.amqp_delivery_limit)
-    broker.start()
-    # Serving before the broker is reached is safe (the outbox holds what cannot be sent),
-    # but a normal start should publish directly: give the connection a moment.
-    with contextlib.suppress(TimeoutError):
-        await broker.wait_connected(BROKER_STARTUP_WAIT_SECONDS)
-    waiters = OperationWaiters()
-    marks = PublishedMarks(store)
-    marks.start()
-    app = ImageApp(
-        store,
-        broker,
-        publish_timeout=settings.publish_timeout_seconds,
-        cache_size=settings.operation_cache_size,
-        retention_seconds=settings.operation_retention_seconds,
-        network_policy=NetworkPolicy(parse_networks(settings.download_allowed_networks)),
-        waiters=waiters,
-        marks=marks,
-        page_bytes=settings.grpc_max_message_bytes // 2,
-    )
-    listener = asyncio.create_task(
-        DoneListener(str(settings.database_url), app.operation_finished, waiters.wake_all).run(),
-        name="done-listener",
-    )
-
-    calls = CallHandling(
-        Authenticator(store, settings.auth_cache_seconds),
-        RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
-    )
-    server = grpc.aio.server(
-        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
-        options=[
-            # Several API processes may listen on one port; the kernel spreads connections.
-            ("grpc.so_reuseport", 1),
-            ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
-            ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
-        ],
-    )
-    calls.add_services(
-        server,
-        (
-            (image_service_pb2_grpc.add_ImageServiceServicer_to_server, ImageService(app)),
-            (
-                operation_service_pb2_grpc.add_OperationServiceServicer_to_server,
-                OperationService(app, settings.operation_cache_size),
-            ),
-            (operations_pb2_grpc.add_OperationsServicer_to_server, LongRunningOperations(app)),
-        ),
-    )
+    infra = await start_infrastructure(settings, broker_wait=BROKER_STARTUP_WAIT_SECONDS)
+    api = build_api(infra, encode_operation)
+    server = _grpc_server(settings, api)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -161,10 +133,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.grpc_listen}")
     await server.start()
-    monitor = asyncio.create_task(
-        _report_health(health, store, broker, settings.health_interval_seconds),
-        name="health",
-    )
+    _report_health(health, infra, settings.health_interval_seconds)
     log.info(
         "api.started", listen=settings.grpc_listen, port=port, tls=bool(settings.tls_cert_file)
     )
@@ -173,14 +142,15 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await stop.wait()
     finally:
         log.info("api.draining", grace_seconds=settings.grpc_grace_seconds)
-        for task in (monitor, listener):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         await health.enter_graceful_shutdown()
         await server.stop(settings.grpc_grace_seconds)
-        await marks.close()
-        await broker.close()
-        with contextlib.suppress(Exception):
-            await store.close()
+        await infra.supervisor.stop()
+        await api.marks.flush()  # what the last calls published, marked before exit
+        await infra.close()
         log.info("api.stopped")
+
+
+def serve_api(settings: Settings) -> None:
+    """One API process: its own event loop, pools and server."""
+    logs.configure(settings.log_level, component="api")
+    run_loop(serve(settings), settings.event_loop)

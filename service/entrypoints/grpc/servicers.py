@@ -10,13 +10,16 @@ from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
-from service.api.calls import caller
-from service.api.convert import image_to_proto, longrunning_operation, operation_to_proto
-from service.app import ImageApp
 from service.domain.errors import Unimplemented
-from service.domain.lru import Lru
-from service.domain.model import IdempotencyKey, NewImage, Operation
-from service.domain.validation import resolve_update, validate_idempotency_key
+from service.domain.model import IdempotencyKey, NewImage
+from service.entrypoints.grpc.calls import caller
+from service.entrypoints.grpc.convert import (
+    image_to_proto,
+    longrunning_operation,
+    operation_to_proto,
+)
+from service.usecases.images import Images
+from service.usecases.operations import Operations
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_pb2, operation_service_pb2, operation_service_pb2_grpc
 
@@ -28,11 +31,11 @@ MAX_WAIT_SECONDS = 60.0
 
 
 def idempotency_key(context: Context, method: str, request: Message) -> IdempotencyKey | None:
-    """The call's ``idempotency-key``, if sent, bound to the caller and the exact request."""
+    """The call's ``idempotency-key``, if sent, bound to the caller and the exact request
+    (the use case validates it, after the caller's role)."""
     for key, value in context.invocation_metadata() or ():
         if key == IDEMPOTENCY_HEADER:
             text = value if isinstance(value, str) else value.decode(errors="replace")
-            validate_idempotency_key(text)
             digest = hashlib.sha256(method.encode())
             digest.update(request.SerializeToString(deterministic=True))
             # Keys are the caller's own: another caller's identical key is another key.
@@ -41,18 +44,18 @@ def idempotency_key(context: Context, method: str, request: Message) -> Idempote
 
 
 class ImageService(image_service_pb2_grpc.ImageServiceServicer):
-    def __init__(self, app: ImageApp) -> None:
-        self._app = app
+    def __init__(self, images: Images) -> None:
+        self._images = images
 
     async def Get(
         self, request: image_service_pb2.GetImageRequest, context: Context
     ) -> image_pb2.Image:
-        return image_to_proto(await self._app.get_image(request.image_id, caller()))
+        return image_to_proto(await self._images.get_image(request.image_id, caller()))
 
     async def List(
         self, request: image_service_pb2.ListImagesRequest, context: Context
     ) -> image_service_pb2.ListImagesResponse:
-        page = await self._app.list_images(
+        page = await self._images.list_images(
             request.folder_id,
             request.page_size,
             request.page_token,
@@ -76,34 +79,34 @@ class ImageService(image_service_pb2_grpc.ImageServiceServicer):
             labels=dict(request.labels),
         )
         key = idempotency_key(context, "Create", request)
-        return operation_to_proto(await self._app.create_image(new, caller(), key))
+        return operation_to_proto(await self._images.create_image(new, caller(), key))
 
     async def Update(
         self, request: image_service_pb2.UpdateImageRequest, context: Context
     ) -> operation_pb2.Operation:
         # An empty mask is no mask (AIP-134): the populated fields change.
         has_mask = request.HasField("update_mask") and len(request.update_mask.paths) > 0
-        change = resolve_update(
+        operation = await self._images.update_image(
             request.image_id,
             list(request.update_mask.paths) if has_mask else None,
             request.name,
             request.description,
             dict(request.labels),
+            caller(),
+            idempotency_key(context, "Update", request),
         )
-        key = idempotency_key(context, "Update", request)
-        operation = await self._app.update_image(request.image_id, change, caller(), key)
         return operation_to_proto(operation)
 
     async def Delete(
         self, request: image_service_pb2.DeleteImageRequest, context: Context
     ) -> operation_pb2.Operation:
         key = idempotency_key(context, "Delete", request)
-        return operation_to_proto(await self._app.delete_image(request.image_id, caller(), key))
+        return operation_to_proto(await self._images.delete_image(request.image_id, caller(), key))
 
     async def ListOperations(
         self, request: image_service_pb2.ListImageOperationsRequest, context: Context
     ) -> image_service_pb2.ListImageOperationsResponse:
-        page = await self._app.list_operations(
+        page = await self._images.list_operations(
             request.image_id, request.page_size, request.page_token, caller()
         )
         return image_service_pb2.ListImageOperationsResponse(
@@ -112,54 +115,36 @@ class ImageService(image_service_pb2_grpc.ImageServiceServicer):
         )
 
 
-class EncodedOperations:
-    """Finished operations as they go on the wire, encoded once (least recently used out).
-
-    A finished operation never changes, so a poller's every later Get is answered with the
-    same bytes; the call frame sends them as they are.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self._items: Lru[str, bytes] = Lru(capacity)
-
-    def encoded(self, operation: Operation) -> bytes:
-        data = self._items.get(operation.id)
-        if data is None:
-            data = operation_to_proto(operation).SerializeToString()
-            if operation.done:
-                self._items.put(operation.id, data)
-        return data
-
-
 class OperationService(operation_service_pb2_grpc.OperationServiceServicer):
-    def __init__(self, app: ImageApp, encoded_cache_size: int = 10_000) -> None:
-        self._app = app
-        self._encoded = EncodedOperations(encoded_cache_size)
+    def __init__(self, operations: Operations) -> None:
+        self._operations = operations
 
     async def Get(
         self, request: operation_service_pb2.GetOperationRequest, context: Context
     ) -> operation_pb2.Operation:
-        operation = await self._app.get_operation(request.operation_id, caller())
+        _, encoded = await self._operations.get_operation_encoded(request.operation_id, caller())
         # Already encoded: the call frame sends bytes as they are.
-        return cast(operation_pb2.Operation, self._encoded.encoded(operation))
+        return cast(operation_pb2.Operation, encoded)
 
     async def Cancel(
         self, request: operation_service_pb2.CancelOperationRequest, context: Context
     ) -> operation_pb2.Operation:
-        return operation_to_proto(await self._app.cancel_operation(request.operation_id, caller()))
+        return operation_to_proto(
+            await self._operations.cancel_operation(request.operation_id, caller())
+        )
 
 
 class LongRunningOperations(operations_pb2_grpc.OperationsServicer):  # type: ignore[misc]
     """``google.longrunning.Operations`` over the same operations, for clients that would
     rather wait for ``done`` than poll."""
 
-    def __init__(self, app: ImageApp) -> None:
-        self._app = app
+    def __init__(self, operations: Operations) -> None:
+        self._operations = operations
 
     async def GetOperation(
         self, request: operations_pb2.GetOperationRequest, context: Context
     ) -> operations_pb2.Operation:
-        return longrunning_operation(await self._app.get_operation(request.name, caller()))
+        return longrunning_operation(await self._operations.get_operation(request.name, caller()))
 
     async def WaitOperation(
         self, request: operations_pb2.WaitOperationRequest, context: Context
@@ -171,13 +156,13 @@ class LongRunningOperations(operations_pb2_grpc.OperationsServicer):  # type: ig
         if remaining is not None:
             # Answer before the client's deadline, with the state as it stands.
             timeout = min(timeout, max(remaining - 0.05, 0.0))
-        operation = await self._app.wait_operation(request.name, timeout, caller())
+        operation = await self._operations.wait_operation(request.name, timeout, caller())
         return longrunning_operation(operation)
 
     async def CancelOperation(
         self, request: operations_pb2.CancelOperationRequest, context: Context
     ) -> empty_pb2.Empty:
-        await self._app.cancel_operation(request.name, caller())
+        await self._operations.cancel_operation(request.name, caller())
         return empty_pb2.Empty()
 
     async def ListOperations(

@@ -1,0 +1,58 @@
+"""PostgreSQL: the only package that imports asyncpg. One module per concern, each class
+satisfying a port of ``service.usecases.ports`` over one shared ``Database``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.adapters.postgres.accept import PostgresAccepts
+from service.adapters.postgres.database import Database
+from service.adapters.postgres.outbox import PostgresOutbox, PostgresRetention
+from service.adapters.postgres.reads import PostgresReads
+from service.adapters.postgres.tokens import PostgresTokens
+from service.adapters.postgres.worker import PostgresOperations
+from service.domain.errors import Unavailable
+from service.runtime.retry import retrying
+from service.runtime.settings import Settings
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """Every port PostgreSQL serves, over one pool."""
+
+    db: Database
+    accepts: PostgresAccepts
+    reads: PostgresReads
+    operations: PostgresOperations
+    outbox: PostgresOutbox
+    retention: PostgresRetention
+    tokens: PostgresTokens
+
+    @classmethod
+    def over(cls, db: Database, max_unfinished_per_folder: int = 1000) -> Postgres:
+        return cls(
+            db=db,
+            accepts=PostgresAccepts(db, max_unfinished_per_folder),
+            reads=PostgresReads(db),
+            operations=PostgresOperations(db),
+            outbox=PostgresOutbox(db),
+            retention=PostgresRetention(db),
+            tokens=PostgresTokens(db),
+        )
+
+    @classmethod
+    async def connect(cls, settings: Settings, *, deadline: float) -> Postgres:
+        """Connect, retrying while the database is unreachable, for ``deadline`` seconds."""
+        async for attempt in retrying("database.connect", on=Unavailable, timeout=deadline):
+            with attempt:
+                db = await Database.connect(
+                    str(settings.database_url),
+                    min_size=settings.db_pool_min,
+                    max_size=settings.db_pool_max,
+                    command_timeout=settings.db_command_timeout_seconds,
+                )
+                return cls.over(db, settings.max_unfinished_operations_per_folder)
+        raise AssertionError("retrying returned without a result or an error")
+
+    async def close(self) -> None:
+        await self.db.close()

@@ -1,0 +1,284 @@
+"""Accepting operations: each moves its image and records its operation in one transaction.
+
+The rules checked (``service.domain.rules``) are the domain's; ``begin_updates.sql`` does the
+same for many Updates in one statement (group commit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import Any, NoReturn
+
+import asyncpg
+
+from service.adapters.postgres.database import Connection, Database, load_sql
+from service.adapters.postgres.rows import OPERATION_COLUMNS, operation_from_row
+from service.domain.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+    image_name_taken,
+    image_not_found,
+)
+from service.domain.model import (
+    IdempotencyKey,
+    Image,
+    ImageChange,
+    ImageStatus,
+    NewImage,
+    Operation,
+)
+from service.domain.rules import ensure_deletable, ensure_updatable, ensure_within_quota
+from service.usecases.ports import Accepted, NewUpdate
+
+# created_at is the database's clock at the moment of acceptance: one clock for every API
+# process, and an order of acceptance that holds even for requests that raced.
+_INSERT_OPERATION = """
+INSERT INTO operations (id, kind, image_id, folder_id, description, created_at, created_by,
+                        modified_at, request)
+VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6, clock_timestamp(), $7)
+RETURNING created_at
+"""
+_BEGIN_UPDATES = load_sql("begin_updates.sql")
+
+
+class PostgresAccepts:
+    """``usecases.ports.Accepts`` over PostgreSQL."""
+
+    def __init__(self, db: Database, max_unfinished_per_folder: int = 1000) -> None:
+        self._db = db
+        self.max_unfinished_per_folder = max_unfinished_per_folder
+
+    async def insert_create(
+        self,
+        image: Image,
+        operation: Operation,
+        request: NewImage,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Accepted:
+        """Record a new ``CREATING`` image and its Create operation."""
+
+        async def insert(conn: Connection) -> Operation:
+            await self._check_quota(conn, image.folder_id)
+            try:
+                await conn.execute(
+                    "INSERT INTO images (id, folder_id, name, description, status, labels,"
+                    " uri) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    image.id,
+                    image.folder_id,
+                    image.name,
+                    image.description,
+                    int(image.status),
+                    dict(image.labels),
+                    request.uri,
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise image_name_taken(image.name) from exc
+            return await _insert_operation(conn, operation, {"uri": request.uri})
+
+        return await self._accept(idempotency, operation.id, insert)
+
+    async def begin_update(
+        self,
+        operation: Operation,
+        change: ImageChange,
+        idempotency: IdempotencyKey | None = None,
+        folders: list[str] | None = None,
+    ) -> Accepted:
+        """Move the image ``READY -> UPDATING`` and record the Update.
+
+        ``folders`` limits which images the caller may see (``None``: all); any other image
+        is "not found", exactly as one that does not exist.
+        """
+
+        async def begin(conn: Connection) -> Operation:
+            # The common case in one round trip: the conditional UPDATE moves the image.
+            folder_id = await conn.fetchval(
+                "UPDATE images SET status = $2 WHERE id = $1 AND status = $3"
+                " AND ($4::text[] IS NULL OR folder_id = ANY($4)) RETURNING folder_id",
+                operation.image_id,
+                int(ImageStatus.UPDATING),
+                int(ImageStatus.READY),
+                folders,
+            )
+            if folder_id is None:
+                await _explain_not_updatable(conn, operation.image_id, folders)
+            await self._check_quota(conn, folder_id)
+            if change.name is not None:
+                taken = await conn.fetchval(
+                    "SELECT 1 FROM images WHERE folder_id = $1 AND name = $2 AND id <> $3",
+                    folder_id,
+                    change.name,
+                    operation.image_id,
+                )
+                if taken:
+                    raise image_name_taken(change.name)
+            return await _insert_operation(
+                conn, replace(operation, folder_id=folder_id), change.to_json()
+            )
+
+        return await self._accept(idempotency, operation.id, begin)
+
+    async def begin_updates(self, updates: Sequence[NewUpdate]) -> list[Operation | None]:
+        """Accept many Updates with one statement per folder filter (group commit).
+
+        Each is accepted exactly as ``begin_update`` would accept it alone; one that is not
+        (``None``) is left for ``begin_update`` to find out why. Two Updates of one image in a
+        batch: one is accepted, the other finds the image ``UPDATING``.
+        """
+        results: dict[str, Operation] = {}
+        by_filter: dict[tuple[str, ...] | None, list[NewUpdate]] = {}
+        for update in updates:
+            key = None if update.folders is None else tuple(update.folders)
+            by_filter.setdefault(key, []).append(update)
+        async with self._db.connection() as conn:
+            for folders, group in by_filter.items():
+                rows = await conn.fetch(
+                    _BEGIN_UPDATES,
+                    [u.operation.image_id for u in group],
+                    [u.operation.id for u in group],
+                    [u.change.name for u in group],
+                    [u.operation.created_by for u in group],
+                    [u.change.to_json() for u in group],
+                    None if folders is None else list(folders),
+                    self.max_unfinished_per_folder,
+                    group[0].operation.description,
+                    int(ImageStatus.UPDATING),
+                    int(ImageStatus.READY),
+                )
+                by_id = {u.operation.id: u.operation for u in group}
+                for row in rows:
+                    results[row["id"]] = replace(
+                        by_id[row["id"]],
+                        folder_id=row["folder_id"],
+                        created_at=row["created_at"],
+                        modified_at=row["created_at"],
+                    )
+        return [results.get(u.operation.id) for u in updates]
+
+    async def begin_delete(
+        self,
+        operation: Operation,
+        idempotency: IdempotencyKey | None = None,
+        folders: list[str] | None = None,
+    ) -> Accepted:
+        """Move the image to ``DELETING`` and record the Delete."""
+
+        async def begin(conn: Connection) -> Operation:
+            row = await conn.fetchrow(
+                "SELECT folder_id, status FROM images WHERE id = $1 FOR NO KEY UPDATE",
+                operation.image_id,
+            )
+            if row is None or (folders is not None and row["folder_id"] not in folders):
+                raise image_not_found(operation.image_id)
+            status = ImageStatus(row["status"])
+            ensure_deletable(operation.image_id, status)
+            await self._check_quota(conn, row["folder_id"])
+            await conn.execute(
+                "UPDATE images SET status = $2 WHERE id = $1",
+                operation.image_id,
+                int(ImageStatus.DELETING),
+            )
+            return await _insert_operation(
+                conn,
+                replace(operation, folder_id=row["folder_id"]),
+                {"status_before": int(status)},
+            )
+
+        return await self._accept(idempotency, operation.id, begin)
+
+    async def _accept(
+        self,
+        idempotency: IdempotencyKey | None,
+        operation_id: str,
+        step: Callable[[Connection], Awaitable[Operation]],
+    ) -> Accepted:
+        """Run an accepting ``step`` in one transaction, behind the idempotency key if any.
+
+        The key is recorded first: a racing call with the same key waits on it, then gets the
+        operation this one started instead of running its own step.
+        """
+        async with self._db.connection() as conn:
+            async with conn.transaction():
+                earlier = await _claim_key(conn, idempotency, operation_id)
+                if earlier is None:
+                    return Accepted(await step(conn))
+            row = await conn.fetchrow(
+                f"SELECT {OPERATION_COLUMNS} FROM operations WHERE id = $1", earlier
+            )
+        if row is None:
+            raise Unavailable("the operation of this idempotency key was removed; retry")
+        return Accepted(operation_from_row(row), replayed=True)
+
+    async def _check_quota(self, conn: Connection, folder_id: str) -> None:
+        """Checked in the accepting transaction; calls racing in one folder can pass it
+        together, so the limit may be exceeded by as many calls as race."""
+        unfinished = await conn.fetchval(
+            "SELECT count(*) FROM operations WHERE folder_id = $1 AND NOT done", folder_id
+        )
+        ensure_within_quota(folder_id, unfinished, self.max_unfinished_per_folder)
+
+
+async def _explain_not_updatable(
+    conn: Connection, image_id: str, folders: list[str] | None
+) -> NoReturn:
+    """Raise the precise error for an image the conditional UPDATE did not move."""
+    row = await conn.fetchrow("SELECT status, folder_id FROM images WHERE id = $1", image_id)
+    if row is None or (folders is not None and row["folder_id"] not in folders):
+        raise image_not_found(image_id)
+    ensure_updatable(image_id, ImageStatus(row["status"]))
+    # READY, yet not moved: another transaction held it and let it go meanwhile.
+    raise FailedPrecondition(f"Image {image_id} is not READY")
+
+
+async def _insert_operation(
+    conn: Connection, operation: Operation, request: dict[str, Any]
+) -> Operation:
+    """Insert an unfinished operation; returns it with the database's timestamps."""
+    created_at = await conn.fetchval(
+        _INSERT_OPERATION,
+        operation.id,
+        operation.kind.value,
+        operation.image_id,
+        operation.folder_id,
+        operation.description,
+        operation.created_by,
+        request,
+    )
+    return replace(operation, created_at=created_at, modified_at=created_at)
+
+
+async def _claim_key(
+    conn: Connection, idempotency: IdempotencyKey | None, operation_id: str
+) -> str | None:
+    """Record the key for ``operation_id``; returns the operation of an earlier call instead."""
+    if idempotency is None:
+        return None
+    inserted = await conn.fetchval(
+        "INSERT INTO idempotency_keys (caller, key, fingerprint, operation_id)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (caller, key) DO NOTHING RETURNING 1",
+        idempotency.caller,
+        idempotency.key,
+        idempotency.fingerprint,
+        operation_id,
+    )
+    if inserted:
+        return None
+    row = await conn.fetchrow(
+        "SELECT fingerprint, operation_id FROM idempotency_keys WHERE caller = $1 AND key = $2",
+        idempotency.caller,
+        idempotency.key,
+    )
+    if row is None:  # expired between the two statements
+        raise Unavailable("idempotency key expired while in use; retry")
+    if row["fingerprint"] != idempotency.fingerprint:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "idempotency-key", "was already used for a different request by this caller"
+                )
+            ]
+        )
+    return str(row["operation_id"])

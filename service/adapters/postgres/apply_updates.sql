@@ -1,0 +1,48 @@
+-- Updates applied and finished in one statement: what worker.py's transaction does with
+-- ImageChange.apply and Image.snapshot, for many at once. The operation rows are locked
+-- first (as the transaction locks them), then the images, each in one order so that concurrent
+-- batches wait for each other and never deadlock; the revision is counted. The property test
+-- tests/integration/test_rules_agree.py holds the two paths to the same result.
+--
+-- $1 operation IDs, $2 READY, $3 UPDATING.
+WITH operation AS (
+    SELECT id, image_id, request FROM operations
+    WHERE id = ANY($1::text[]) AND kind = 'update_image' AND NOT done
+      -- A request of another shape than the API writes is left to the worker's code.
+      AND jsonb_typeof(coalesce(request->'name', '""')) = 'string'
+      AND jsonb_typeof(coalesce(request->'description', '""')) = 'string'
+      AND jsonb_typeof(coalesce(request->'labels', '{}')) = 'object'
+      AND NOT EXISTS (SELECT 1 FROM jsonb_each(coalesce(request->'labels', '{}'))
+                      WHERE jsonb_typeof(value) <> 'string')
+    ORDER BY id
+    FOR UPDATE
+), locked AS (
+    -- FOR UPDATE, as the transaction's lock_image takes it.
+    SELECT id FROM images WHERE id IN (SELECT image_id FROM operation)
+    ORDER BY id
+    FOR UPDATE
+), applied AS (
+    UPDATE images SET
+        name = coalesce(operation.request->>'name', images.name),
+        description = coalesce(operation.request->>'description', images.description),
+        labels = coalesce(operation.request->'labels', images.labels),
+        status = $2,
+        revision = images.revision + 1
+    FROM operation
+    WHERE images.id = operation.image_id AND images.id IN (SELECT id FROM locked)
+      AND images.status = $3
+    RETURNING operation.id AS operation_id, images.id, images.folder_id, images.name,
+              images.description, images.checksum, images.status, images.created_at,
+              images.labels
+)
+UPDATE operations SET done = true, modified_at = now(), lease_until = NULL,
+    response = jsonb_build_object(
+        'id', applied.id, 'folder_id', applied.folder_id, 'name', applied.name,
+        'description', applied.description, 'checksum', applied.checksum,
+        'status', applied.status,
+        'created_at', to_char(applied.created_at AT TIME ZONE 'UTC',
+                              'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'),
+        'labels', applied.labels)
+FROM applied
+WHERE operations.id = applied.operation_id
+RETURNING operations.id

@@ -1,0 +1,124 @@
+"""The connection pool, and the one place driver errors become domain errors.
+
+A lost or refused connection becomes ``Unavailable`` (retryable), a broken unique name
+constraint ``AlreadyExists``, a value the database cannot store ``InvalidArgument``. Callers
+above the adapters see domain types only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterator
+from importlib import resources
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from service.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, Unavailable
+
+TRANSIENT_ERRORS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.CannotConnectNowError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+
+def load_sql(name: str) -> str:
+    """A statement kept in a ``.sql`` file of this package, beside the code that runs it.
+
+    Comment lines stay in the file: sent with every statement they would only cost bytes, and
+    push the statement out of the 1 KiB that ``pg_stat_activity`` shows of it.
+    """
+    text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Driver errors raised inside become the domain's errors."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "images_folder_name_key":
+            raise AlreadyExists("Image with that name already exists") from exc
+        raise
+    except asyncpg.DataError as exc:
+        # Validation keeps such values out; should one slip through, it is still the
+        # client's input, not a server fault.
+        raise InvalidArgument(
+            [FieldViolation("request", "contains a value that cannot be stored or compared")]
+        ) from exc
+    except TRANSIENT_ERRORS as exc:
+        raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Released connections need no reset: nothing here changes session state (no SET, no
+    LISTEN, no advisory locks), so asyncpg's default reset would be a wasted round trip."""
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
+    )
+
+
+class Database:
+    """A pool of connections; every use of one is bounded in time and has its errors
+    translated."""
+
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float = 30.0) -> None:
+        self._pool = pool
+        self._acquire_timeout = acquire_timeout
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, *, min_size: int, max_size: int, command_timeout: float
+    ) -> Database:
+        with translate_errors():
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=command_timeout,
+                init=_init_connection,
+                reset=_keep_session,
+                timeout=min(command_timeout, 10.0),  # to establish one connection
+                server_settings={
+                    # A backend waiting on a lock notices a dead client (a killed worker) and
+                    # rolls back, instead of holding its row locks until the lock is granted.
+                    "client_connection_check_interval": "1000",
+                    "idle_in_transaction_session_timeout": "60000",
+                },
+            )
+        return cls(pool, acquire_timeout=command_timeout)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection, waited for at most the command timeout; errors translated."""
+        with translate_errors():
+            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """A connection in a transaction that commits when the block ends without error."""
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def ping(self) -> None:
+        async with self.connection() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def close(self) -> None:
+        await self._pool.close()

@@ -1,0 +1,171 @@
+"""What carrying out an operation needs: claims, leases, the finishing transaction, and the
+one-statement Update (``apply_updates.sql``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import asyncpg
+
+from service.adapters.postgres.database import Connection, Database, load_sql
+from service.adapters.postgres.rows import (
+    CLAIM_COLUMNS,
+    IMAGE_COLUMNS,
+    claim_from_row,
+    image_from_row,
+)
+from service.domain.errors import image_name_taken
+from service.domain.model import ClaimedOperation, Image, ImageStatus, OperationError
+
+_APPLY_UPDATES = load_sql("apply_updates.sql")
+
+
+class PostgresOperations:
+    """``usecases.ports.Operations`` over PostgreSQL."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        """One transaction on one connection; commits when the block ends without error."""
+        async with self._db.transaction() as conn:
+            yield PostgresTransaction(conn)
+
+    async def apply_updates(self, operation_ids: Sequence[str]) -> list[bool]:
+        """Apply and finish unfinished Updates of ``UPDATING`` images in one statement.
+
+        The common case in one round trip and one commit for many, atomic, doing what the
+        transaction does. False for an operation it cannot do alone (another kind, done
+        already, its image gone or not ``UPDATING``, a request of another shape), and for all
+        of them when one's new name is taken: the transaction then finds out which and
+        finishes each accordingly.
+        """
+        async with self._db.connection() as conn:
+            try:
+                rows = await conn.fetch(
+                    _APPLY_UPDATES,
+                    list(operation_ids),
+                    int(ImageStatus.READY),
+                    int(ImageStatus.UPDATING),
+                )
+            except asyncpg.UniqueViolationError:
+                return [False] * len(operation_ids)
+        finished = {row["id"] for row in rows}
+        return [operation_id in finished for operation_id in operation_ids]
+
+    async def claim_with_lease(
+        self, operation_id: str, lease_seconds: float
+    ) -> ClaimedOperation | None:
+        """Take an unfinished operation that no live worker holds, for ``lease_seconds``.
+
+        Committed at once, so a long step (a download) runs outside any transaction. ``None``
+        when the operation is done or another worker's lease is still running.
+        """
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(
+                "UPDATE operations SET attempts = attempts + 1, modified_at = now(),"
+                " lease_until = now() + make_interval(secs => $2)"
+                " WHERE id = $1 AND NOT done AND (lease_until IS NULL OR lease_until < now())"
+                f" RETURNING {CLAIM_COLUMNS}",
+                operation_id,
+                lease_seconds,
+            )
+        return None if row is None else claim_from_row(row)
+
+    async def extend_lease(self, claim: ClaimedOperation, lease_seconds: float) -> bool:
+        """Keep holding a claimed operation; ``False`` once it is done or claimed again."""
+        async with self._db.connection() as conn:
+            status = await conn.execute(
+                "UPDATE operations SET lease_until = now() + make_interval(secs => $3)"
+                " WHERE id = $1 AND attempts = $2 AND NOT done",
+                claim.id,
+                claim.attempt,
+                lease_seconds,
+            )
+        return status.endswith(" 1")
+
+    async def release_lease(self, claim: ClaimedOperation) -> None:
+        """Give an operation back at once (a worker shutting down) for its requeued message."""
+        async with self._db.connection() as conn:
+            await conn.execute(
+                "UPDATE operations SET lease_until = NULL"
+                " WHERE id = $1 AND attempts = $2 AND NOT done",
+                claim.id,
+                claim.attempt,
+            )
+
+
+class PostgresTransaction:
+    """``usecases.ports.OperationTransaction``: statements that hold row locks until commit."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    async def lock_operation(
+        self, operation_id: str, attempt: int | None = None
+    ) -> ClaimedOperation | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {CLAIM_COLUMNS} FROM operations"
+            " WHERE id = $1 AND NOT done AND ($2::int IS NULL OR attempts = $2)"
+            " FOR UPDATE",
+            operation_id,
+            attempt,
+        )
+        return None if row is None else claim_from_row(row)
+
+    async def lock_image(self, image_id: str) -> Image | None:
+        row = await self.conn.fetchrow(
+            f"SELECT {IMAGE_COLUMNS} FROM images WHERE id = $1 FOR UPDATE", image_id
+        )
+        return None if row is None else image_from_row(row)
+
+    async def save_image(self, image: Image) -> None:
+        try:
+            async with self.conn.transaction():  # a savepoint: the outer work survives
+                await self.conn.execute(
+                    "UPDATE images SET name = $2, description = $3, labels = $4, status = $5,"
+                    " checksum = $6, revision = revision + 1 WHERE id = $1",
+                    image.id,
+                    image.name,
+                    image.description,
+                    dict(image.labels),
+                    int(image.status),
+                    image.checksum,
+                )
+        except asyncpg.UniqueViolationError as exc:
+            raise image_name_taken(image.name) from exc
+
+    async def set_image_status(self, image_id: str, status: ImageStatus) -> None:
+        await self.conn.execute(
+            "UPDATE images SET status = $2 WHERE id = $1", image_id, int(status)
+        )
+
+    async def delete_image(self, image_id: str) -> None:
+        await self.conn.execute("DELETE FROM images WHERE id = $1", image_id)
+
+    async def finish(
+        self,
+        operation_id: str,
+        *,
+        response: Image | None = None,
+        error: OperationError | None = None,
+    ) -> None:
+        if (response is None) == (error is None):
+            raise ValueError("an operation finishes with exactly one of response or error")
+        await self.conn.execute(
+            "UPDATE operations SET done = true, modified_at = now(), lease_until = NULL,"
+            " response = $2, error_code = $3, error_message = $4 WHERE id = $1 AND NOT done",
+            operation_id,
+            None if response is None else response.snapshot(),
+            None if error is None else int(error.code),
+            None if error is None else error.message,
+        )
+
+    async def finish_deleted(self, operation_id: str) -> None:
+        await self.conn.execute(
+            "UPDATE operations SET done = true, modified_at = now(), lease_until = NULL,"
+            " response = '{}'::jsonb WHERE id = $1 AND NOT done",
+            operation_id,
+        )

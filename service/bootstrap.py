@@ -1,0 +1,131 @@
+"""The composition root: the one place that builds adapters and use cases and wires them.
+
+Both processes start here: the API (``entrypoints/grpc/server.py``) and the workers
+(``entrypoints/worker.py``) call ``start_infrastructure`` and then ``build_api`` or
+``build_workers``; every background task runs under the returned ``Supervisor``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from service.adapters.download import HttpDownloader
+from service.adapters.postgres import Postgres
+from service.adapters.postgres.listener import DoneListener
+from service.adapters.rabbitmq import Broker
+from service.domain.network import NetworkPolicy, parse_networks
+from service.runtime.ratelimit import RateLimiter
+from service.runtime.settings import Settings
+from service.runtime.supervisor import Supervisor
+from service.runtime.waiters import OperationWaiters
+from service.usecases.auth import Authenticator
+from service.usecases.execute import Executor
+from service.usecases.images import Images
+from service.usecases.operations import Encode, Operations
+from service.usecases.outbox import PublishedMarks
+
+# How long a process waits for the database at start-up before it gives up.
+STARTUP_DEADLINE_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Infrastructure:
+    """What both processes hold: the database, the broker, and the supervisor of their
+    background tasks."""
+
+    settings: Settings
+    postgres: Postgres
+    broker: Broker
+    supervisor: Supervisor
+
+    async def close(self) -> None:
+        """Stop the background tasks, then close the broker and the database."""
+        await self.supervisor.stop()
+        await self.broker.close()
+        with contextlib.suppress(Exception):
+            await self.postgres.close()
+
+
+async def start_infrastructure(settings: Settings, *, broker_wait: float) -> Infrastructure:
+    """Connect to the database (retrying until ``STARTUP_DEADLINE_SECONDS``) and start
+    connecting to the broker, waiting for it at most ``broker_wait`` seconds."""
+    postgres = await Postgres.connect(settings, deadline=STARTUP_DEADLINE_SECONDS)
+    broker = Broker(settings.amqp_url, settings.amqp_queue, settings.amqp_delivery_limit)
+    supervisor = Supervisor()
+    supervisor.start("broker-connect", broker.connect)
+    with contextlib.suppress(TimeoutError):
+        await broker.wait_connected(broker_wait)
+    return Infrastructure(settings, postgres, broker, supervisor)
+
+
+def network_policy(settings: Settings) -> NetworkPolicy:
+    return NetworkPolicy(parse_networks(settings.download_allowed_networks))
+
+
+@dataclass(frozen=True)
+class Api:
+    """The API's use cases, and what its call frame needs."""
+
+    images: Images
+    operations: Operations
+    marks: PublishedMarks
+    authenticator: Authenticator
+    limiter: RateLimiter
+
+
+def build_api(infra: Infrastructure, encode: Encode) -> Api:
+    """The API's use cases over the infrastructure, with their background tasks started.
+
+    ``encode`` is the entry point's wire form of an operation (finished ones are kept
+    encoded).
+    """
+    settings, postgres = infra.settings, infra.postgres
+    marks = PublishedMarks(postgres.outbox)
+    infra.supervisor.start("published-marks", marks.run)
+    waiters = OperationWaiters()
+    images = Images(
+        postgres.accepts,
+        postgres.reads,
+        infra.broker,
+        marks,
+        publish_timeout=settings.publish_timeout_seconds,
+        network_policy=network_policy(settings),
+        page_bytes=settings.grpc_max_message_bytes // 2,
+    )
+    operations = Operations(
+        postgres.reads,
+        postgres.operations,
+        waiters,
+        encode=encode,
+        cache_size=settings.operation_cache_size,
+        retention_seconds=settings.operation_retention_seconds,
+    )
+    listener = DoneListener(
+        str(settings.database_url), operations.operation_finished, waiters.wake_all
+    )
+    infra.supervisor.start("done-listener", listener.run)
+    return Api(
+        images=images,
+        operations=operations,
+        marks=marks,
+        authenticator=Authenticator(postgres.tokens, settings.auth_cache_seconds),
+        limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+    )
+
+
+def build_executor(infra: Infrastructure) -> Executor:
+    """What a worker does with each message."""
+    settings = infra.settings
+    downloader = HttpDownloader(
+        network_policy(settings),
+        timeout=settings.download_timeout_seconds,
+        max_bytes=settings.download_max_bytes,
+        stall_timeout=settings.download_stall_seconds,
+    )
+    return Executor(
+        infra.postgres.operations,
+        downloader,
+        lease_seconds=settings.lease_seconds,
+        max_attempts=settings.max_attempts,
+    )

@@ -1,0 +1,150 @@
+"""Operation use cases: get (from memory once finished), wait until done, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import timedelta
+
+import structlog
+
+from service.domain.auth import Principal
+from service.domain.errors import Code, NotFound
+from service.domain.model import Operation, OperationError, utcnow
+from service.domain.validation import validate_operation_id
+from service.runtime.batching import MicroBatcher
+from service.runtime.lru import Lru
+from service.runtime.waiters import OperationWaiters
+from service.usecases.ports import Operations as OperationStore
+from service.usecases.ports import Reads
+from service.usecases.undo import end_with_error
+
+log = structlog.get_logger(__name__)
+
+Encode = Callable[[Operation], bytes]
+
+
+class FinishedOperations:
+    """Finished operations never change, so they are kept in memory (least recent out), each
+    with its encoded form, made once, for the entry point that sends it.
+
+    One finished longer ago than the retention period is gone from the database, so it is
+    forgotten here too: every API process answers NOT_FOUND for it alike.
+    """
+
+    def __init__(self, capacity: int, encode: Encode, retention_seconds: float) -> None:
+        self._retention = timedelta(seconds=min(retention_seconds, 1e9))
+        self._encode = encode
+        self._items: Lru[str, tuple[Operation, bytes]] = Lru(capacity)
+
+    def get(self, operation_id: str) -> tuple[Operation, bytes] | None:
+        entry = self._items.get(operation_id)
+        if entry is not None and utcnow() - entry[0].modified_at > self._retention:
+            self._items.pop(operation_id)
+            return None
+        return entry
+
+    def put(self, operation: Operation) -> tuple[Operation, bytes]:
+        entry = (operation, self._encode(operation))
+        if operation.done:
+            self._items.put(operation.id, entry)
+        return entry
+
+
+def _operation_not_found(operation_id: str) -> NotFound:
+    return NotFound(f"Operation {operation_id} not found")
+
+
+class Operations:
+    """What the API does with operations; servicers only convert protobuf around it.
+
+    ``encode`` is the entry point's wire form of an operation: a finished one is encoded
+    once and answered as those bytes ever after.
+    """
+
+    def __init__(
+        self,
+        reads: Reads,
+        store: OperationStore,
+        waiters: OperationWaiters,
+        *,
+        encode: Encode,
+        cache_size: int,
+        retention_seconds: float = float("inf"),
+    ) -> None:
+        self._store = store
+        self._waiters = waiters
+        self._finished = FinishedOperations(cache_size, encode, retention_seconds)
+        # Polls of unfinished operations arriving together are read together.
+        self._reads = MicroBatcher(reads.get_operations, max_batch=512, max_in_flight=2)
+
+    async def get_operation(self, operation_id: str, caller: Principal) -> Operation:
+        return (await self.get_operation_encoded(operation_id, caller))[0]
+
+    async def get_operation_encoded(
+        self, operation_id: str, caller: Principal
+    ) -> tuple[Operation, bytes]:
+        """The operation and its encoded form (made once, when it is finished)."""
+        validate_operation_id(operation_id)
+        entry = self._finished.get(operation_id)
+        if entry is None:
+            operation = await self._reads.submit(operation_id)
+            if operation is None:
+                raise _operation_not_found(operation_id)
+            entry = self._finished.put(operation)
+        if not caller.sees(entry[0].folder_id):
+            raise _operation_not_found(operation_id)
+        return entry
+
+    def operation_finished(self, operation_id: str, operation: Operation | None) -> None:
+        """An operation finished (told by the database): kept, if known whole, and its
+        waiters woken; they read it from memory then."""
+        if operation is not None:
+            self._finished.put(operation)
+        self._waiters.done(operation_id)
+
+    async def wait_operation(
+        self, operation_id: str, timeout: float, caller: Principal
+    ) -> Operation:
+        """The operation once it is done, or as it stands after ``timeout`` seconds.
+
+        The caller's future is woken by the database's notification that the operation
+        finished; each wake-up costs one read at most.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + timeout
+        while True:
+            future = self._waiters.register(operation_id)
+            try:
+                # Read after registering: a finish between the read and the wait is not missed.
+                operation = await self.get_operation(operation_id, caller)
+                remaining = give_up - loop.time()
+                if operation.done or remaining <= 0:
+                    return operation
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(future, remaining)
+            finally:
+                self._waiters.unregister(operation_id, future)
+
+    async def cancel_operation(self, operation_id: str, caller: Principal) -> Operation:
+        """Finish an unfinished operation with ``CANCELLED`` and undo what it started.
+
+        A finished operation is returned unchanged. A worker in the middle of an Update holds
+        the operation row, so the cancel waits and then finds it done. A running Create's
+        worker sees its claim gone and stops downloading.
+        """
+        caller.require_editor()
+        validate_operation_id(operation_id)
+        async with self._store.transaction() as tx:
+            claimed = await tx.lock_operation(operation_id)
+            if claimed is not None and caller.sees(claimed.folder_id):
+                image = await tx.lock_image(claimed.image_id)
+                cancelled = OperationError(Code.CANCELLED, "Operation cancelled")
+                await end_with_error(tx, claimed, image, cancelled, cancelled=True)
+        operation = await self._reads.submit(operation_id)
+        if operation is None or not caller.sees(operation.folder_id):
+            raise _operation_not_found(operation_id)
+        log.info("operation.cancel_requested", operation_id=operation_id, done=operation.done)
+        self._finished.put(operation)
+        return operation

@@ -1,0 +1,217 @@
+"""What the use cases need from the outside world, as Protocols the adapters satisfy.
+
+The PostgreSQL and RabbitMQ adapters implement these in production; ``tests/unit/fakes.py``
+implements them in memory, so every use case is unit-tested without I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from service.domain.auth import StoredToken
+from service.domain.listing import ImageQuery, OperationQuery
+from service.domain.model import (
+    ClaimedOperation,
+    IdempotencyKey,
+    Image,
+    ImageChange,
+    ImageStatus,
+    NewImage,
+    Operation,
+    OperationError,
+)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What an accepting transaction produced: a new operation, or the one an earlier call
+    with the same idempotency key started (``replayed``)."""
+
+    operation: Operation
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class NewUpdate:
+    """An Update to accept: its new operation, the change, and the caller's folder filter."""
+
+    operation: Operation
+    change: ImageChange
+    folders: list[str] | None
+
+
+class Accepts(Protocol):
+    """Accepting operations: each records its operation and moves its image in one
+    transaction, behind the idempotency key if one is given. Refusals raise the domain's
+    errors (``NotFound``, ``FailedPrecondition``, ``AlreadyExists``, ``ResourceExhausted``)."""
+
+    async def insert_create(
+        self,
+        image: Image,
+        operation: Operation,
+        request: NewImage,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Accepted: ...
+
+    async def begin_update(
+        self,
+        operation: Operation,
+        change: ImageChange,
+        idempotency: IdempotencyKey | None = None,
+        folders: list[str] | None = None,
+    ) -> Accepted: ...
+
+    async def begin_updates(self, updates: Sequence[NewUpdate]) -> list[Operation | None]:
+        """Many Updates at once (group commit): each accepted exactly as ``begin_update``
+        would accept it alone; ``None`` for one that would not be (``begin_update`` says
+        why)."""
+        ...
+
+    async def begin_delete(
+        self,
+        operation: Operation,
+        idempotency: IdempotencyKey | None = None,
+        folders: list[str] | None = None,
+    ) -> Accepted: ...
+
+
+class Reads(Protocol):
+    async def get_image(self, image_id: str) -> Image | None: ...
+
+    async def list_images(self, query: ImageQuery, limit: int) -> list[Image]: ...
+
+    async def list_operations(self, query: OperationQuery, limit: int) -> list[Operation]: ...
+
+    async def image_folder(self, image_id: str) -> str | None: ...
+
+    async def get_operations(self, operation_ids: Sequence[str]) -> list[Operation | None]:
+        """Several operations in one read, in the order asked (``None``: no such one)."""
+        ...
+
+
+class OperationTransaction(Protocol):
+    """Statements of one transaction that finishes an operation; row locks held to commit."""
+
+    async def lock_operation(
+        self, operation_id: str, attempt: int | None = None
+    ) -> ClaimedOperation | None:
+        """Lock an unfinished operation (and, with ``attempt``, only if still that claim)."""
+        ...
+
+    async def lock_image(self, image_id: str) -> Image | None: ...
+
+    async def save_image(self, image: Image) -> None:
+        """Write an image's fields; a name taken in its folder raises ``AlreadyExists`` and
+        leaves the rest of the transaction intact."""
+        ...
+
+    async def set_image_status(self, image_id: str, status: ImageStatus) -> None: ...
+
+    async def delete_image(self, image_id: str) -> None: ...
+
+    async def finish(
+        self,
+        operation_id: str,
+        *,
+        response: Image | None = None,
+        error: OperationError | None = None,
+    ) -> None:
+        """Mark an operation done with exactly one of a response or an error."""
+        ...
+
+    async def finish_deleted(self, operation_id: str) -> None:
+        """Mark a Delete done; its response is ``google.protobuf.Empty``."""
+        ...
+
+
+class Operations(Protocol):
+    """What carrying out, cancelling and abandoning operations needs."""
+
+    def transaction(self) -> AbstractAsyncContextManager[OperationTransaction]: ...
+
+    async def apply_updates(self, operation_ids: Sequence[str]) -> list[bool]:
+        """Apply and finish unfinished Updates of ``UPDATING`` images in one step, as the
+        transaction would; ``False`` for each it leaves to the transaction."""
+        ...
+
+    async def claim_with_lease(
+        self, operation_id: str, lease_seconds: float
+    ) -> ClaimedOperation | None:
+        """Take an unfinished operation no live worker holds, for ``lease_seconds``."""
+        ...
+
+    async def extend_lease(self, claim: ClaimedOperation, lease_seconds: float) -> bool:
+        """Keep holding a claim; ``False`` once the operation is done or claimed again."""
+        ...
+
+    async def release_lease(self, claim: ClaimedOperation) -> None: ...
+
+
+class UnpublishedBatch(Protocol):
+    operation_ids: list[str]
+
+    async def mark_published(self, operation_ids: Sequence[str]) -> None: ...
+
+
+class Outbox(Protocol):
+    """The operations table seen as the outbox of messages to the workers."""
+
+    async def mark_published(self, operation_ids: Sequence[str]) -> None:
+        """Record confirmed publishes of unfinished operations."""
+        ...
+
+    def unpublished(
+        self, older_than_seconds: float, limit: int
+    ) -> AbstractAsyncContextManager[UnpublishedBatch]:
+        """Unfinished operations whose publish was never confirmed, oldest first, held so
+        that no other relay sends them meanwhile."""
+        ...
+
+    async def requeue_abandoned(self, republish_after_seconds: float) -> list[str]:
+        """Mark unpublished what a dead worker held (lease expired) or a lost message
+        carried (published long ago, never claimed), for the relay to send again."""
+        ...
+
+
+class Retention(Protocol):
+    async def delete_finished_operations(self, older_than_seconds: float, batch: int) -> int: ...
+
+    async def delete_expired_idempotency_keys(self, older_than_seconds: float) -> int: ...
+
+
+class Tokens(Protocol):
+    async def insert_token(self, token: StoredToken) -> None: ...
+
+    async def revoke_token(self, token_id: str) -> bool: ...
+
+    async def find_token(self, token_id: str) -> StoredToken | None: ...
+
+
+class Publisher(Protocol):
+    """The message broker, as the API and the relay use it."""
+
+    async def publish(self, operation_id: str, timeout: float) -> None:
+        """Send one operation ID and wait for the broker's confirm; ``Unavailable`` if not."""
+        ...
+
+    def is_healthy(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    md5: str
+    size: int
+
+
+class Downloader(Protocol):
+    async def download(self, uri: str) -> Downloaded:
+        """Fetch ``uri`` and return its MD5 and size. Raises ``Unavailable`` for what may
+        pass (network, 5xx), another ``ServiceError`` for what will not."""
+        ...
+
+
+class Pingable(Protocol):
+    async def ping(self) -> None: ...

@@ -1,0 +1,157 @@
+"""The layout's rules, read from the source: dependencies point inward, the domain is pure,
+nothing imports in a circle, the worker entry point stays clear of the API, modules stay small.
+
+See docs/architecture.md for the layers these tests hold the code to.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("service", "workers")
+MAX_MODULE_LINES = 400
+
+# Inner layers first. A module may import its own layer and the layers before it, never a
+# layer after it (bootstrap is the composition root; entry points sit outside it).
+LAYERS = (
+    "service.domain",
+    "service.runtime",
+    "service.usecases",
+    "service.adapters",
+    "service.bootstrap",
+    "service.entrypoints",
+)
+# The API side: what the worker process must never load.
+API_SIDE = ("service.entrypoints.grpc", "grpc", "grpc_health", "grpc_reflection", "grpc_status")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {
+        _module_name(path): path
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+
+
+def _under_type_checking(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return True
+    return False
+
+
+def _imports(module: str, path: Path, *, at_import_time: bool = False) -> set[str]:
+    """Every module ``module`` imports (absolute names); with ``at_import_time``, only
+    those imported when it is loaded (not inside functions or TYPE_CHECKING blocks)."""
+    tree = ast.parse(path.read_text())
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if at_import_time and (
+            _under_type_checking(node, parents) or _inside_function(node, parents)
+        ):
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                package = module.split(".")[: -node.level or None]
+                base = ".".join([*package, base] if base else package)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _inside_function(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            return True
+    return False
+
+
+def _layer(module: str) -> int | None:
+    for index, layer in enumerate(LAYERS):
+        if module == layer or module.startswith(layer + "."):
+            return index
+    return None
+
+
+def _first_party(imported: set[str], modules: dict[str, Path]) -> set[str]:
+    return {name for name in imported if name in modules}
+
+
+MODULES = _modules()
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_imports_an_outer_layer(module: str) -> None:
+    own = _layer(module)
+    if own is None:
+        return
+    outward = sorted(
+        name
+        for name in _first_party(_imports(module, MODULES[module]), MODULES)
+        if (layer := _layer(name)) is not None and layer > own
+    )
+    assert outward == [], f"{module} ({LAYERS[own]}) imports outer layers: {outward}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("service.domain")))
+def test_the_domain_imports_only_the_standard_library_and_itself(module: str) -> None:
+    foreign = sorted(
+        name
+        for name in _imports(module, MODULES[module])
+        if name.split(".")[0] not in sys.stdlib_module_names
+        and not name.startswith("service.domain")
+        and name != "__future__"
+    )
+    assert foreign == [], f"{module} imports {foreign}"
+
+
+def test_no_modules_import_each_other_in_a_circle() -> None:
+    graph = {
+        module: _first_party(_imports(module, path, at_import_time=True), MODULES) - {module}
+        for module, path in MODULES.items()
+    }
+    try:
+        tuple(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        pytest.fail(f"import cycle: {' -> '.join(exc.args[1])}")
+
+
+def test_the_worker_process_loads_nothing_of_the_api_side() -> None:
+    """Follow what ``python -m workers`` imports at load time, transitively."""
+    seen: set[str] = set()
+    todo = ["workers.__main__"]
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in MODULES:
+            continue
+        seen.add(module)
+        todo.extend(_imports(module, MODULES[module], at_import_time=True))
+    external = {
+        name for module in seen for name in _imports(module, MODULES[module], at_import_time=True)
+    }
+    api = sorted(name for name in seen | external if name.startswith(API_SIDE))
+    assert "service.entrypoints.worker" in seen
+    assert api == [], f"the worker process loads {api}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_is_longer_than_the_limit(module: str) -> None:
+    lines = len(MODULES[module].read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{module} has {lines} lines; split it by concept"
