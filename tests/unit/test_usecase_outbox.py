@@ -1,0 +1,196 @@
+"""The outbox: marks of confirmed publishes, the relay of unpublished operations, the sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from structlog.testing import capture_logs
+
+from service.domain.model import Operation, OperationKind
+from service.usecases.outbox import RELAY_BATCH, PublishedMarks, publish_pending, requeue_abandoned
+from tests.unit.fakes import FakePublisher, FakeStore, until
+
+UPDATE = OperationKind.UPDATE_IMAGE
+GRACE = 5.0
+
+
+@pytest.fixture
+def store() -> FakeStore:
+    return FakeStore()
+
+
+@pytest.fixture
+def publisher() -> FakePublisher:
+    return FakePublisher()
+
+
+def pending(store: FakeStore, count: int) -> list[Operation]:
+    """Unfinished, unpublished operations, oldest first."""
+    image = store.add_image()
+    return [store.add_operation(UPDATE, image.id) for _ in range(count)]
+
+
+def published(store: FakeStore, operations: list[Operation]) -> list[bool]:
+    return [store.row(o.id).published_at is not None for o in operations]
+
+
+# --- PublishedMarks -------------------------------------------------------------------------
+
+
+async def test_marks_are_written_in_batches(store: FakeStore):
+    operations = pending(store, 5)
+    marks = PublishedMarks(store, batch=2)
+    for operation in operations:
+        marks.add(operation.id)
+    await marks.flush()
+    ids = [o.id for o in operations]
+    assert store.mark_batches == [ids[0:2], ids[2:4], ids[4:5]]
+    assert published(store, operations) == [True] * 5
+
+
+async def test_a_flush_with_nothing_added_writes_nothing(store: FakeStore):
+    await PublishedMarks(store).flush()
+    assert store.calls["mark_published"] == 0
+
+
+async def test_a_failed_mark_is_logged_and_left_for_the_relay(store: FakeStore):
+    operations = pending(store, 2)
+    marks = PublishedMarks(store)
+    for operation in operations:
+        marks.add(operation.id)
+    store.failing_marks = 1
+    with capture_logs() as logs:
+        await marks.flush()  # does not raise
+    assert [(e["event"], e["count"]) for e in logs] == [("outbox.mark_failed", 2)]
+    assert published(store, operations) == [False, False]
+
+
+async def test_a_failed_batch_does_not_stop_the_next_one(store: FakeStore):
+    operations = pending(store, 2)
+    marks = PublishedMarks(store, batch=1)
+    for operation in operations:
+        marks.add(operation.id)
+    store.failing_marks = 1
+    await marks.flush()
+    assert published(store, operations) == [False, True]
+
+
+async def test_the_background_task_marks_what_arrives_together_in_one_batch(store: FakeStore):
+    operations = pending(store, 3)
+    marks = PublishedMarks(store, interval=0.001)
+    running = asyncio.create_task(marks.run())
+    try:
+        for operation in operations:
+            marks.add(operation.id)
+        await until(lambda: all(published(store, operations)), what="the marks")
+    finally:
+        running.cancel()
+    assert store.mark_batches == [[o.id for o in operations]]
+
+
+# --- publish_pending ------------------------------------------------------------------------
+
+
+async def relay(store: FakeStore, publisher: FakePublisher) -> int:
+    return await publish_pending(store, publisher, older_than=GRACE, publish_timeout=1.0)
+
+
+async def test_the_relay_publishes_everything_older_than_the_grace_in_batches(
+    store: FakeStore, publisher: FakePublisher
+):
+    old = pending(store, 2 * RELAY_BATCH + 50)
+    store.advance(GRACE * 2)
+    young = pending(store, 3)
+    assert await relay(store, publisher) == len(old)
+    assert publisher.published == [o.id for o in old]
+    assert store.calls["unpublished"] == 3
+    assert all(published(store, old))
+    assert not any(published(store, young))
+
+
+async def test_a_full_last_batch_is_followed_by_an_empty_look(
+    store: FakeStore, publisher: FakePublisher
+):
+    old = pending(store, RELAY_BATCH)
+    store.advance(GRACE * 2)
+    assert await relay(store, publisher) == RELAY_BATCH
+    assert publisher.published == [o.id for o in old]
+    assert store.calls["unpublished"] == 2
+
+
+async def test_the_relay_skips_what_was_published_or_finished(
+    store: FakeStore, publisher: FakePublisher
+):
+    image = store.add_image()
+    store.add_operation(UPDATE, image.id, published=True)
+    store.add_operation(UPDATE, image.id, done=True)
+    waiting = store.add_operation(UPDATE, image.id)
+    store.advance(GRACE * 2)
+    assert await relay(store, publisher) == 1
+    assert publisher.published == [waiting.id]
+
+
+async def test_with_an_unhealthy_broker_the_relay_sends_nothing(
+    store: FakeStore, publisher: FakePublisher
+):
+    operations = pending(store, 3)
+    store.advance(GRACE * 2)
+    publisher.healthy = False
+    assert await relay(store, publisher) == 0
+    assert publisher.published == []
+    assert store.calls["unpublished"] == 0
+    assert not any(published(store, operations))
+
+
+async def test_a_publish_failure_midway_marks_only_what_was_sent(
+    store: FakeStore, publisher: FakePublisher
+):
+    operations = pending(store, 5)
+    store.advance(GRACE * 2)
+    publisher.fail_after = 3
+    with capture_logs() as logs:
+        assert await relay(store, publisher) == 3
+    assert published(store, operations) == [True, True, True, False, False]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["outbox.publish_failed"]
+
+
+async def test_a_second_run_sends_what_the_failed_one_left(
+    store: FakeStore, publisher: FakePublisher
+):
+    operations = pending(store, 5)
+    store.advance(GRACE * 2)
+    publisher.fail_after = 3
+    await relay(store, publisher)
+    publisher.fail_after = None
+    assert await relay(store, publisher) == 2
+    assert publisher.published == [o.id for o in operations]
+
+
+# --- requeue_abandoned ----------------------------------------------------------------------
+
+
+async def test_requeue_returns_what_the_store_hands_back_and_logs_it(store: FakeStore):
+    image = store.add_image()
+    lost = store.add_operation(UPDATE, image.id, published=True)
+    held = store.add_operation(OperationKind.CREATE_IMAGE, image.id, request={"uri": "x"})
+    claim = await store.claim_with_lease(held.id, 1)
+    assert claim is not None
+    store.advance(120)
+    fresh = store.add_operation(UPDATE, image.id, published=True)
+    with capture_logs() as logs:
+        requeued = await requeue_abandoned(store, republish_after_seconds=60)
+    assert sorted(requeued) == sorted([lost.id, held.id])
+    assert [(e["event"], e["count"]) for e in logs] == [("sweeper.requeued", 2)]
+    assert store.row(lost.id).published_at is None
+    assert store.row(fresh.id).published_at is not None
+
+
+async def test_requeue_with_nothing_abandoned_returns_nothing_and_stays_quiet(
+    store: FakeStore,
+):
+    image = store.add_image()
+    store.add_operation(UPDATE, image.id, published=True)
+    with capture_logs() as logs:
+        assert await requeue_abandoned(store, republish_after_seconds=60) == []
+    assert logs == []
