@@ -64,26 +64,44 @@ def retrying(
         # stamina's default jitter (1 s) would swamp a small wait_initial; scale it instead.
         wait_jitter=wait_initial,
     )
-    return Retrying(name, context)
+    return Retrying(name, context, on)
 
 
 class Retrying:
     """The async iterable ``retrying()`` returns; one per retried block, iterate it once."""
 
-    def __init__(self, name: str, attempts: AsyncIterable[stamina.Attempt]) -> None:
+    def __init__(
+        self, name: str, attempts: AsyncIterable[stamina.Attempt], on: RetryOn
+    ) -> None:
         self._name = name
         self._stamina = attempts
+        self._on = on
         self._attempts: AsyncIterator[stamina.Attempt] | None = None
         self._failed: tuple[int, Exception] | None = None
+        self._first: FirstAttempt | None = None
 
     def __aiter__(self) -> Retrying:
         return self
 
-    async def __anext__(self) -> Attempt:
-        failed, self._failed = self._failed, None
+    async def __anext__(self) -> Attempt | FirstAttempt:
         if self._attempts is None:
-            # Started here, not in retrying(): stamina reads its test mode when iteration starts.
+            # The first attempt runs without stamina: on the success path (nearly every call,
+            # and a worker retries each message's block) tenacity's bookkeeping per attempt
+            # costs about as much as the work. Only a failure worth retrying starts stamina.
+            if self._first is None:
+                self._first = FirstAttempt(self._on)
+                return self._first
+            error = self._first.error
+            if error is None:
+                raise StopAsyncIteration
+            # Started here, not in retrying(): stamina reads its test mode when iteration
+            # starts. The first failure is replayed as stamina's own first attempt, so its
+            # backoff, attempt count and time-out govern everything after.
             self._attempts = aiter(self._stamina)
+            with await anext(self._attempts):
+                raise error
+            self._failed = (1, error)
+        failed, self._failed = self._failed, None
         started = time.monotonic()
         # Raises the last exception when stamina gives up (or it is not one to retry), and
         # StopAsyncIteration after a successful attempt; otherwise waits the backoff first.
@@ -95,6 +113,37 @@ class Retrying:
 
     def _attempt_failed(self, number: int, error: Exception) -> None:
         self._failed = (number, error)
+
+
+class FirstAttempt:
+    """The first attempt of a block: lets an error ``on`` selects pass to ``Retrying``
+    (which then retries under stamina), and anything else straight up."""
+
+    num = 1
+
+    def __init__(self, on: RetryOn) -> None:
+        self._on = on
+        self.error: Exception | None = None
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool | None:
+        if isinstance(exc, Exception) and _selects(self._on, exc):
+            self.error = exc
+            return True
+        return None
+
+
+def _selects(on: RetryOn, error: Exception) -> bool:
+    if isinstance(on, type | tuple):
+        return isinstance(error, on)
+    return bool(on(error))
 
 
 class Attempt:
