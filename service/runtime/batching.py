@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
+from service.runtime import metrics
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
@@ -19,7 +21,8 @@ class MicroBatcher(Generic[Item, Result]):
     """Runs ``run(items)`` for batches of submitted items, ``max_in_flight`` batches at a time.
 
     ``run`` answers one result per item, in order. If it raises, every caller of that batch
-    gets the exception. A caller cancelled before its batch starts is left out of it.
+    gets the exception. A caller cancelled before its batch starts is left out of it. A
+    ``name`` has each batch's size recorded in the metric ``image_service_batch_size``.
     """
 
     def __init__(
@@ -28,8 +31,10 @@ class MicroBatcher(Generic[Item, Result]):
         *,
         max_batch: int = 256,
         max_in_flight: int = 2,
+        name: str | None = None,
     ) -> None:
         self._run = run
+        self._record_size = None if name is None else metrics.batch_size(name)
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._waiting: list[tuple[Item, asyncio.Future[Result]]] = []
@@ -55,6 +60,8 @@ class MicroBatcher(Generic[Item, Result]):
             if not batch:
                 continue
             self._in_flight += 1
+            if self._record_size is not None:
+                self._record_size(len(batch))
             task = asyncio.create_task(self._run_batch(batch), name="micro-batch")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -26,6 +26,7 @@ from service.domain.errors import (
 )
 from service.domain.model import ClaimedOperation, ImageChange, ImageStatus, OperationError
 from service.domain.model import OperationKind as Kind
+from service.runtime import tracing
 from service.runtime.batching import MicroBatcher
 from service.runtime.retry import retrying
 from service.usecases.ports import Downloaded, Downloader, Operations, OperationTransaction
@@ -54,13 +55,19 @@ class Executor:
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
         # Updates delivered together are applied together: one statement, one commit.
-        self._updates = MicroBatcher(operations.apply_updates, max_batch=128, max_in_flight=2)
+        self._updates = MicroBatcher(
+            operations.apply_updates, max_batch=128, max_in_flight=2, name="apply_updates"
+        )
 
     async def execute(self, operation_id: str) -> None:
         """Bring the operation to ``done``, unless it is done or another worker holds it.
 
         Raises a retryable ``ServiceError`` when the database is unreachable.
         """
+        with tracing.span("operation.apply", {"image.operation.id": operation_id}):
+            await self._execute(operation_id)
+
+    async def _execute(self, operation_id: str) -> None:
         if await self._updates.submit(operation_id):
             log.info("operation.done")
             return
@@ -111,8 +118,12 @@ class Executor:
                 return
         except BaseException:
             download.cancel()
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.shield(self._operations.release_lease(claim))
+            except Exception as exc:
+                # Not fatal: the lease runs out by itself, then the sweeper hands the
+                # operation out again; but a worker that cannot reach its database says so.
+                log.warning("operation.release_failed", attempt=claim.attempt, error=repr(exc))
             raise
         finally:
             heartbeat.cancel()
@@ -128,11 +139,13 @@ class Executor:
             await self._finish_create(claim, result.md5, error=None)
 
     async def _download(self, uri: str) -> Downloaded:
-        async for attempt in retrying(
-            "image.download", on=Unavailable, attempts=DOWNLOAD_TRIES, wait_initial=0.5
-        ):
-            with attempt:
-                return await self._downloader.download(uri)
+        # The task inherits the context of the apply span: this span is its child.
+        with tracing.span("image.download", {"url.scheme": uri.split(":", 1)[0]}):
+            async for attempt in retrying(
+                "image.download", on=Unavailable, attempts=DOWNLOAD_TRIES, wait_initial=0.5
+            ):
+                with attempt:
+                    return await self._downloader.download(uri)
         raise AssertionError("retrying returned without a result or an error")
 
     async def _heartbeat(self, claim: ClaimedOperation) -> None:

@@ -13,11 +13,16 @@ import asyncio
 import structlog
 
 from service.domain.errors import ServiceError
-from service.usecases.ports import Outbox, Publisher
+from service.runtime import tracing
+from service.usecases.ports import MessageQueue, Outbox, Publisher
 
 log = structlog.get_logger(__name__)
 
 RELAY_BATCH = 200
+# How long a relay holds the batch it is sending. Long enough for a batch in the normal case
+# (a confirm takes milliseconds); a relay whose publishes get slower stops before its claim
+# could run out, and one that died holds its batch no longer than this.
+RELAY_CLAIM_SECONDS = 30.0
 
 
 class PublishedMarks:
@@ -56,27 +61,48 @@ class PublishedMarks:
 
 
 async def publish_pending(
-    outbox: Outbox, publisher: Publisher, *, older_than: float, publish_timeout: float
+    outbox: Outbox,
+    publisher: Publisher,
+    *,
+    older_than: float,
+    publish_timeout: float,
+    claim_seconds: float = RELAY_CLAIM_SECONDS,
 ) -> int:
     """Publish every unpublished, unfinished operation older than ``older_than`` seconds.
 
-    Rows are held while they are sent, so relays in several worker processes never send one
-    row at the same time. Returns how many were published.
+    Batch by batch: claimed for ``claim_seconds`` in a statement of its own, published
+    outside any transaction (a slow broker holds no row lock), then marked. Other relays skip
+    what is claimed, so relays in several worker processes do not send one operation at the
+    same time: each stops publishing its batch while a publish could still outlast the claim,
+    and gives back what it did not send. One that dies leaves its claim to run out; another
+    then sends those, a duplicate message at worst, which workers apply once. Returns how
+    many were published.
     """
     total = 0
     if not publisher.is_healthy():
         return total  # nothing can be sent; the rows wait in the outbox
+    loop = asyncio.get_running_loop()
     while True:
+        claimed_at = loop.time()  # before the claim: the claim ends later than this says
+        pending = await outbox.claim_unpublished(older_than, RELAY_BATCH, claim_seconds)
         sent: list[str] = []
-        async with outbox.unpublished(older_than, RELAY_BATCH) as pending:
-            try:
-                for operation_id in pending.operation_ids:
-                    await publisher.publish(operation_id, publish_timeout)
-                    sent.append(operation_id)
-            except ServiceError as exc:
-                log.warning("outbox.publish_failed", error=exc.message, sent=len(sent))
-            if sent:
-                await pending.mark_published(sent)
+        try:
+            for item in pending:
+                if loop.time() - claimed_at + publish_timeout >= claim_seconds:
+                    log.warning("outbox.claim_running_out", sent=len(sent), batch=len(pending))
+                    break
+                # Sent late, in the trace of the call that accepted it.
+                with tracing.resumed(
+                    "outbox.relay", item.trace_context, {"image.operation.id": item.operation_id}
+                ):
+                    await publisher.publish(item.operation_id, publish_timeout)
+                sent.append(item.operation_id)
+        except ServiceError as exc:
+            log.warning("outbox.publish_failed", error=exc.message, sent=len(sent))
+        if sent:
+            await outbox.mark_published(sent)
+        if len(sent) < len(pending):
+            await outbox.release_claims([item.operation_id for item in pending[len(sent) :]])
         total += len(sent)
         if len(sent) < RELAY_BATCH:
             if total:
@@ -84,10 +110,35 @@ async def publish_pending(
             return total
 
 
-async def requeue_abandoned(outbox: Outbox, republish_after_seconds: float) -> list[str]:
+async def requeue_abandoned(
+    outbox: Outbox,
+    queue: MessageQueue,
+    *,
+    republish_after_seconds: float,
+    prefetch: int,
+) -> list[str]:
     """The sweeper's step: what a dead worker held or a lost message carried goes back to
-    the relay."""
-    requeued = await outbox.requeue_abandoned(republish_after_seconds)
+    the relay, to be sent again.
+
+    A lease that ran out means its worker died. A lost message is told from a waiting one by
+    asking the broker: an operation published more than ``republish_after_seconds`` ago and
+    never claimed may have lost its message, or be waiting in a backlog (workers stopped, or
+    slower than the API). While messages are ready in the queue, every consumer also holds a
+    full window of ``prefetch`` delivered ones (the workers' ``WORKER_CONCURRENCY``), so that
+    many such operations may still have their message; only those beyond, the oldest, are
+    surely lost and sent again. With nothing ready, all of them are: a backlog is never sent
+    twice, and a lost message is found at the latest when the queue has drained (then an
+    operation still in a worker's hands may be sent once more, which is harmless). When the
+    broker cannot be asked, only the expired leases are handed out.
+    """
+    requeued = await outbox.requeue_expired_leases()
+    try:
+        depth = await queue.queue_depth()
+    except ServiceError as exc:
+        log.warning("sweeper.queue_unknown", error=exc.message)
+    else:
+        may_wait = depth.ready + depth.consumers * prefetch if depth.ready else 0
+        requeued += await outbox.requeue_unclaimed(republish_after_seconds, may_wait)
     if requeued:
         log.warning("sweeper.requeued", count=len(requeued), operation_ids=requeued[:20])
     return requeued

@@ -6,7 +6,9 @@ stop, kill and restart at will:
 
 * :class:`PrivatePostgres` - a PostgreSQL 15 cluster in ``base_dir/data``;
 * :class:`PrivateRabbit` - a RabbitMQ 3.10 node with its own node name, data, config, Erlang
-  cookie and ``epmd``.
+  cookie and ``epmd``;
+* :class:`PrivateRabbitCluster` - three such nodes (by default) joined in one cluster, sharing
+  a cookie and an ``epmd``.
 
 Both listen on 127.0.0.1 only, on ports chosen at construction below the kernel's ephemeral
 range, so that no outgoing connection can take a port while its service is down between a
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import pwd
 import random
@@ -53,6 +56,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -628,6 +632,16 @@ def _app_closure(plugins_dir: Path, roots: Iterable[str]) -> list[Path]:
     return sorted(apps[name] for name in needed)
 
 
+# Erlang for PrivateRabbit.global_counters: [{<<"<queue type or protocol>.<name>">>, N}].
+_GLOBAL_COUNTERS = (
+    "[{iolist_to_binary([atom_to_list(proplists:get_value(queue_type, Labels, amqp091)),"
+    ' ".", atom_to_list(Name)]), Value}'
+    " || {Labels, Counters} <- maps:to_list(rabbit_global_counters:overview()),"
+    " proplists:is_defined(protocol, Labels),"
+    " {Name, Value} <- maps:to_list(Counters)]."
+)
+
+
 class PrivateRabbit(_PrivateService):
     """A private RabbitMQ 3.10 node: guest/guest on 127.0.0.1:``port``, no plugins.
 
@@ -641,6 +655,10 @@ class PrivateRabbit(_PrivateService):
     holds only the applications the broker needs. RabbitMQ scans every application there for
     feature flags and boot steps, which with the ~70 shipped takes about half of a start
     (about 4 s become 2). Without it, the stock installation is used.
+
+    For a node of a :class:`PrivateRabbitCluster`: ``cookie`` is the Erlang cookie the nodes
+    share (random otherwise), and ``start_epmd=False`` leaves the ``epmd`` on ``epmd_port``
+    to another node (the nodes of a cluster find each other through one epmd).
     """
 
     user = "rabbitmq"
@@ -655,8 +673,12 @@ class PrivateRabbit(_PrivateService):
         dist_port: int | None = None,
         epmd_port: int | None = None,
         slim: bool = True,
+        cookie: str | None = None,
+        start_epmd: bool = True,
     ) -> None:
         super().__init__(base_dir)
+        self.cookie = cookie or secrets.token_hex(20).upper()
+        self.start_epmd = start_epmd
         self.node_name = node_name or f"faults-{secrets.token_hex(4)}@localhost"
         self.port = port if port is not None else free_port()
         self.dist_port = dist_port if dist_port is not None else free_port()
@@ -722,7 +744,7 @@ class PrivateRabbit(_PrivateService):
             ),
             self.etc / "advanced.config": "[].\n",
             self.etc / "enabled_plugins": "[].\n",  # no management plugin (and its port 15672)
-            self.user_home / ".erlang.cookie": secrets.token_hex(20).upper(),
+            self.user_home / ".erlang.cookie": self.cookie,
         }
         for path, text in files.items():
             path.write_text(text)
@@ -742,6 +764,11 @@ class PrivateRabbit(_PrivateService):
             (plugins / app.name).symlink_to(app)
 
     def _ensure_epmd(self) -> None:
+        if not self.start_epmd:
+            # Another node's: it must be up already.
+            if not _tcp_ready(self.epmd_port):
+                raise RuntimeError(f"no epmd on port {self.epmd_port}: start the first node first")
+            return
         if self._epmd is not None and self._epmd.poll() is None:
             return
         log = self.log_dir / "epmd.log"
@@ -784,6 +811,17 @@ class PrivateRabbit(_PrivateService):
         """Run ``rabbitmqctl -n NODE ARGS...`` against this node; returns its stdout."""
         rabbitmqctl = str(self.rabbitmq_home / "sbin" / "rabbitmqctl")
         return self._run([rabbitmqctl, "-n", self.node_name, *args], timeout=timeout)
+
+    def global_counters(self) -> dict[str, int]:
+        """This node's AMQP 0-9-1 message counters since it started, from
+        ``rabbit_global_counters`` (what the Prometheus plugin exports; no plugin needed).
+
+        Keys are ``amqp091.<counter>`` for connection-level counters (``messages_received_total``,
+        ``messages_confirmed_total``...) and ``<queue type>.<counter>`` for queue-level ones
+        (``rabbit_quorum_queue.messages_delivered_total``, ``...redelivered_total``...).
+        """
+        output = self.ctl("eval", _GLOBAL_COUNTERS)
+        return {key: int(value) for key, value in re.findall(r'<<"([\w.]+)">>,\s*(\d+)', output)}
 
     def beam_pid(self) -> int | None:
         """Pid of the node's Erlang VM, from its pid file (None while it is written)."""
@@ -830,6 +868,156 @@ class PrivateRabbit(_PrivateService):
         if self._epmd is not None:
             self._epmd.wait()
             self._epmd = None
+
+
+class PrivateRabbitCluster:
+    """A private RabbitMQ cluster: ``size`` :class:`PrivateRabbit` nodes (three by default).
+
+    Each node has its own base_dir, node name (``faults-XXXXXX-<i>@localhost``), AMQP and
+    distribution ports; they share an Erlang cookie and one ``epmd`` (run by node 0, on a
+    private port). :meth:`start` starts node 0, then the others, and joins them to node 0
+    (``rabbitmqctl stop_app``, ``join_cluster``, ``start_app``), so that a quorum queue
+    declared afterwards has a member on every node. A node killed (:meth:`kill_node`) or
+    stopped comes back with :meth:`start_node` and rejoins by itself: its membership is in its
+    data. Nothing here stops a test from taking down a majority; the chaos loop must not.
+    """
+
+    def __init__(
+        self, size: int = 3, *, base_dirs: Sequence[Path] | None = None, slim: bool = True
+    ) -> None:
+        if base_dirs is None:
+            base_dirs = [new_base_dir(f"faults-mq{i}-") for i in range(size)]
+        if len(base_dirs) != size:
+            raise ValueError(f"{size} nodes need {size} base directories")
+        cookie = secrets.token_hex(20).upper()
+        epmd_port = free_port()
+        prefix = f"faults-{secrets.token_hex(3)}"
+        self.nodes = [
+            PrivateRabbit(
+                Path(base_dir),
+                node_name=f"{prefix}-{i}@localhost",
+                epmd_port=epmd_port,
+                slim=slim,
+                cookie=cookie,
+                start_epmd=i == 0,  # node 0's epmd serves them all
+            )
+            for i, base_dir in enumerate(base_dirs)
+        ]
+
+    def __repr__(self) -> str:
+        states = ", ".join("up" if node.running else "down" for node in self.nodes)
+        return f"<{type(self).__name__} {states}>"
+
+    def urls(self) -> list[str]:
+        """The AMQP URL of every node, node 0 first."""
+        return [node.url() for node in self.nodes]
+
+    def url(self) -> str:
+        """Every node's URL, comma-separated: the service's ``AMQP_URL`` for this cluster."""
+        return ",".join(self.urls())
+
+    @property
+    def running(self) -> list[int]:
+        """Indexes of the nodes whose server process is alive."""
+        return [i for i, node in enumerate(self.nodes) if node.running]
+
+    def start(self, timeout: float = 180) -> None:
+        """Start every node and form the cluster; returns once all of them run in it."""
+        first, *others = self.nodes
+        first.start(timeout)
+        errors: list[BaseException] = []
+
+        def start_node(node: PrivateRabbit) -> None:
+            try:
+                node.start(timeout)
+            except BaseException as exc:
+                errors.append(exc)
+
+        # Side by side: a start is mostly waiting for the VM to boot.
+        threads = [threading.Thread(target=start_node, args=(node,)) for node in others]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        for node in others:
+            node.ctl("stop_app", timeout=timeout)
+            node.ctl("join_cluster", first.node_name, timeout=timeout)
+            node.ctl("start_app", timeout=timeout)
+        self.wait_running(timeout)
+
+    def cluster_nodes(self) -> set[str]:
+        """The running members of the cluster, as a running node sees them."""
+        status = json.loads(self._any_running().ctl("cluster_status", "--formatter", "json"))
+        return set(status["running_nodes"])
+
+    def wait_running(self, timeout: float = 120) -> None:
+        """Wait until every node answers AMQP and runs in the cluster."""
+        deadline = time.monotonic() + timeout
+        names = {node.node_name for node in self.nodes}
+        while True:
+            try:
+                if all(_amqp_ready(n.port) for n in self.nodes) and self.cluster_nodes() == names:
+                    return
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError, KeyError):
+                pass  # a node between states; ask again
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cluster not formed after {timeout}s: {self!r}")
+            time.sleep(0.2)
+
+    def queue_members(self, queue: str) -> dict[str, list[str]]:
+        """A quorum queue's ``members``, ``online`` members and ``leader`` (a one-item list),
+        by node name, as ``rabbitmqctl list_queues`` reports them."""
+        output = self._any_running().ctl(
+            "list_queues", "name", "type", "members", "online", "leader", "--formatter", "json"
+        )
+        for row in json.loads(output):
+            if row["name"] == queue:
+                leader = row.get("leader")
+                return {
+                    "type": [str(row["type"])],
+                    "members": sorted(row.get("members") or []),
+                    "online": sorted(row.get("online") or []),
+                    "leader": [leader] if isinstance(leader, str) and leader else [],
+                }
+        raise KeyError(f"no queue {queue!r}")
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL node ``index`` (its Erlang VM and port programs)."""
+        self.nodes[index].kill()
+
+    def stop_node(self, index: int) -> None:
+        """Stop node ``index`` gracefully."""
+        self.nodes[index].stop()
+
+    def start_node(self, index: int, timeout: float = 120) -> None:
+        """Start node ``index`` again; it rejoins the cluster by itself."""
+        self.nodes[index].start(timeout)
+
+    def global_counters(self) -> dict[str, int]:
+        """Node-wide AMQP 0-9-1 message counters summed over the running nodes (since each
+        node's start): ``messages_delivered_total``, ``messages_confirmed_total``, ..."""
+        return sum_counters(node.global_counters() for node in self.nodes if node.running)
+
+    def _any_running(self) -> PrivateRabbit:
+        for node in self.nodes:
+            if node.running and _amqp_ready(node.port):
+                return node
+        raise RuntimeError("no node of the cluster is running")
+
+    def cleanup(self) -> None:
+        """Kill every node and remove their directories (node 0, the epmd's owner, last)."""
+        for node in reversed(self.nodes):
+            node.cleanup()
+
+
+def sum_counters(counters: Iterable[Mapping[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for each in counters:
+        for key, value in each.items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 if __name__ == "__main__":

@@ -432,13 +432,6 @@ async def test_a_batch_accepts_what_one_at_a_time_accepts(
     await check_accepts_agree(store.accepts, db, copies, batch)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="begin_updates.sql counts a folder's unfinished operations once, before any "
-    "Update of the batch is inserted: a batch of N Updates in one folder passes the quota "
-    "together, where one at a time the second is refused (accept.py documents this for "
-    "racing calls; begin_updates promises to accept what begin_update would)",
-)
 @settings(PROPERTY, max_examples=15)
 @example(quota=1, folders=[(0, 2)])  # one READY folder, two images, room for one Update
 @given(

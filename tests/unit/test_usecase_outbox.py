@@ -8,8 +8,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from service.domain.model import Operation, OperationKind
-from service.usecases.outbox import RELAY_BATCH, PublishedMarks, publish_pending, requeue_abandoned
-from tests.unit.fakes import FakePublisher, FakeStore, until
+from service.usecases.outbox import (
+    RELAY_BATCH,
+    RELAY_CLAIM_SECONDS,
+    PublishedMarks,
+    publish_pending,
+    requeue_abandoned,
+)
+from tests.unit.fakes import FakePublisher, FakeQueue, FakeStore, until
 
 UPDATE = OperationKind.UPDATE_IMAGE
 GRACE = 5.0
@@ -104,7 +110,7 @@ async def test_the_relay_publishes_everything_older_than_the_grace_in_batches(
     young = pending(store, 3)
     assert await relay(store, publisher) == len(old)
     assert publisher.published == [o.id for o in old]
-    assert store.calls["unpublished"] == 3
+    assert store.calls["claim_unpublished"] == 3
     assert all(published(store, old))
     assert not any(published(store, young))
 
@@ -116,7 +122,7 @@ async def test_a_full_last_batch_is_followed_by_an_empty_look(
     store.advance(GRACE * 2)
     assert await relay(store, publisher) == RELAY_BATCH
     assert publisher.published == [o.id for o in old]
-    assert store.calls["unpublished"] == 2
+    assert store.calls["claim_unpublished"] == 2
 
 
 async def test_the_relay_skips_what_was_published_or_finished(
@@ -139,7 +145,7 @@ async def test_with_an_unhealthy_broker_the_relay_sends_nothing(
     publisher.healthy = False
     assert await relay(store, publisher) == 0
     assert publisher.published == []
-    assert store.calls["unpublished"] == 0
+    assert store.calls["claim_unpublished"] == 0
     assert not any(published(store, operations))
 
 
@@ -167,23 +173,109 @@ async def test_a_second_run_sends_what_the_failed_one_left(
     assert publisher.published == [o.id for o in operations]
 
 
+async def test_what_another_relay_claimed_is_left_to_it_until_its_claim_runs_out(
+    store: FakeStore, publisher: FakePublisher
+):
+    operations = pending(store, 3)
+    store.advance(GRACE * 2)
+    # A relay claimed them and died before sending.
+    assert len(await store.claim_unpublished(GRACE, RELAY_BATCH, RELAY_CLAIM_SECONDS)) == 3
+    assert await relay(store, publisher) == 0
+    store.advance(RELAY_CLAIM_SECONDS + 1)
+    assert await relay(store, publisher) == 3
+    assert publisher.published == [o.id for o in operations]
+
+
+class SlowPublisher(FakePublisher):
+    """Each confirm takes ``seconds`` (of the loop's clock, which the relay measures)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def publish(self, operation_id: str, timeout: float) -> None:
+        await asyncio.sleep(self.seconds)
+        await super().publish(operation_id, timeout)
+
+
+async def test_a_relay_stops_sending_before_its_claim_could_run_out_and_gives_the_rest_back(
+    store: FakeStore,
+):
+    operations = pending(store, 10)
+    store.advance(GRACE * 2)
+    publisher = SlowPublisher(0.02)
+    with capture_logs() as logs:
+        sent = await publish_pending(
+            store, publisher, older_than=GRACE, publish_timeout=0.02, claim_seconds=0.1
+        )
+    assert 0 < sent < 10
+    assert published(store, operations) == [True] * sent + [False] * (10 - sent)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["outbox.claim_running_out"]
+    left = [store.row(o.id).relay_claimed_until for o in operations[sent:]]
+    assert left == [None] * (10 - sent), "given back at once, for the next run"
+
+
 # --- requeue_abandoned ----------------------------------------------------------------------
 
+PREFETCH = 4
 
-async def test_requeue_returns_what_the_store_hands_back_and_logs_it(store: FakeStore):
+
+async def sweep(store: FakeStore, queue: FakeQueue) -> list[str]:
+    return await requeue_abandoned(store, queue, republish_after_seconds=60, prefetch=PREFETCH)
+
+
+def published_long_ago(store: FakeStore, count: int) -> list[Operation]:
+    """Unfinished Updates published two minutes ago (oldest first), never claimed."""
     image = store.add_image()
-    lost = store.add_operation(UPDATE, image.id, published=True)
+    operations = [store.add_operation(UPDATE, image.id, published=True) for _ in range(count)]
+    store.advance(120)
+    return operations
+
+
+async def test_an_expired_lease_is_requeued_and_logged(store: FakeStore):
+    image = store.add_image()
     held = store.add_operation(OperationKind.CREATE_IMAGE, image.id, request={"uri": "x"})
     claim = await store.claim_with_lease(held.id, 1)
     assert claim is not None
     store.advance(120)
-    fresh = store.add_operation(UPDATE, image.id, published=True)
     with capture_logs() as logs:
-        requeued = await requeue_abandoned(store, republish_after_seconds=60)
-    assert sorted(requeued) == sorted([lost.id, held.id])
-    assert [(e["event"], e["count"]) for e in logs] == [("sweeper.requeued", 2)]
-    assert store.row(lost.id).published_at is None
+        requeued = await sweep(store, FakeQueue(ready=100))
+    assert requeued == [held.id]
+    assert [(e["event"], e["count"]) for e in logs] == [("sweeper.requeued", 1)]
+    assert store.row(held.id).lease_until is None
+
+
+async def test_with_an_empty_queue_every_operation_published_long_ago_is_requeued(
+    store: FakeStore,
+):
+    lost = published_long_ago(store, 3)
+    fresh = store.add_operation(UPDATE, store.add_image().id, published=True)
+    assert sorted(await sweep(store, FakeQueue(ready=0, consumers=2))) == sorted(o.id for o in lost)
     assert store.row(fresh.id).published_at is not None
+
+
+async def test_a_backlog_waiting_in_the_queue_is_not_requeued(store: FakeStore):
+    waiting = published_long_ago(store, 10)
+    assert await sweep(store, FakeQueue(ready=10)) == []
+    assert all(published(store, waiting))
+
+
+async def test_beyond_what_the_queue_and_its_consumers_may_hold_the_oldest_are_requeued(
+    store: FakeStore,
+):
+    """3 ready and one consumer holding up to PREFETCH: of 10, the 3 oldest are lost."""
+    operations = published_long_ago(store, 10)
+    requeued = await sweep(store, FakeQueue(ready=3, consumers=1))
+    assert requeued == [o.id for o in operations[:3]]
+
+
+async def test_when_the_broker_cannot_say_only_expired_leases_are_requeued(store: FakeStore):
+    published_long_ago(store, 2)
+    queue = FakeQueue()
+    queue.depth = None
+    with capture_logs() as logs:
+        assert await sweep(store, queue) == []
+    assert [e["event"] for e in logs] == ["sweeper.queue_unknown"]
 
 
 async def test_requeue_with_nothing_abandoned_returns_nothing_and_stays_quiet(
@@ -192,5 +284,5 @@ async def test_requeue_with_nothing_abandoned_returns_nothing_and_stays_quiet(
     image = store.add_image()
     store.add_operation(UPDATE, image.id, published=True)
     with capture_logs() as logs:
-        assert await requeue_abandoned(store, republish_after_seconds=60) == []
+        assert await sweep(store, FakeQueue()) == []
     assert logs == []

@@ -2,17 +2,24 @@
 
 The rules checked (``service.domain.rules``) are the domain's; ``begin_updates.sql`` does the
 same for many Updates in one statement (group commit).
+
+Locks are taken in one order by every path that writes operations (migration 0007 lists
+them): an accepting transaction locks its image first and its folder's quota row
+(``folder_quotas``) last, so accepts in one folder queue on that row, each reading the count
+the one before it left: calls racing in a folder cannot pass the quota together.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, NoReturn
 
 import asyncpg
+import structlog
 
-from service.adapters.postgres.database import Connection, Database, load_sql
+from service.adapters.postgres.database import TRANSIENT_ERRORS, Connection, Database, load_sql
 from service.adapters.postgres.rows import OPERATION_COLUMNS, operation_from_row
 from service.domain.errors import (
     FailedPrecondition,
@@ -31,17 +38,29 @@ from service.domain.model import (
     Operation,
 )
 from service.domain.rules import ensure_deletable, ensure_updatable, ensure_within_quota
+from service.runtime import tracing
 from service.usecases.ports import Accepted, NewUpdate
 
 # created_at is the database's clock at the moment of acceptance: one clock for every API
-# process, and an order of acceptance that holds even for requests that raced.
+# process, and an order of acceptance that holds even for requests that raced. trace_context
+# is the accepting call's (runtime/tracing), for the relay to send the operation in its trace.
 _INSERT_OPERATION = """
 INSERT INTO operations (id, kind, image_id, folder_id, description, created_at, created_by,
-                        modified_at, request)
-VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6, clock_timestamp(), $7)
+                        modified_at, request, trace_context)
+VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6, clock_timestamp(), $7, $8)
 RETURNING created_at
 """
 _BEGIN_UPDATES = load_sql("begin_updates.sql")
+
+log = structlog.get_logger(__name__)
+# The folder's count of unfinished operations, its row locked to the end of the transaction
+# (created at 0 for a folder that has none yet). The trigger of migration 0007 adds the
+# operation this transaction inserts.
+_LOCK_QUOTA = """
+INSERT INTO folder_quotas (folder_id, unfinished) VALUES ($1, 0)
+ON CONFLICT (folder_id) DO UPDATE SET unfinished = folder_quotas.unfinished
+RETURNING unfinished
+"""
 
 
 class PostgresAccepts:
@@ -61,7 +80,8 @@ class PostgresAccepts:
         """Record a new ``CREATING`` image and its Create operation."""
 
         async def insert(conn: Connection) -> Operation:
-            await self._check_quota(conn, image.folder_id)
+            # The image first, the quota last (the module's docstring): a new name may wait
+            # on a worker renaming another image to it, which then needs the quota row.
             try:
                 await conn.execute(
                     "INSERT INTO images (id, folder_id, name, description, status, labels,"
@@ -76,6 +96,7 @@ class PostgresAccepts:
                 )
             except asyncpg.UniqueViolationError as exc:
                 raise image_name_taken(image.name) from exc
+            await self._check_quota(conn, image.folder_id)
             return await _insert_operation(conn, operation, {"uri": request.uri})
 
         return await self._accept(idempotency, operation.id, insert)
@@ -122,41 +143,56 @@ class PostgresAccepts:
         return await self._accept(idempotency, operation.id, begin)
 
     async def begin_updates(self, updates: Sequence[NewUpdate]) -> list[Operation | None]:
-        """Accept many Updates with one statement per folder filter (group commit).
+        """Accept many Updates in one statement (group commit): all of them, or none.
 
-        Each is accepted exactly as ``begin_update`` would accept it alone; one that is not
-        (``None``) is left for ``begin_update`` to find out why. Two Updates of one image in a
-        batch: one is accepted, the other finds the image ``UPDATING``.
+        Each is accepted exactly as ``begin_update`` would accept it alone, in the batch's
+        order; one that is not (``None``) is left for ``begin_update`` to find out why. Two
+        Updates of one image in a batch: the first is accepted, the other finds the image
+        ``UPDATING``. A statement that fails for any reason but a lost database (a value one
+        Update carries that cannot be stored, say) accepts none and hands them all back
+        (``None``), so each caller gets from ``begin_update`` the answer that concerns it;
+        a lost database is ``Unavailable`` for them all.
         """
-        results: dict[str, Operation] = {}
-        by_filter: dict[tuple[str, ...] | None, list[NewUpdate]] = {}
-        for update in updates:
-            key = None if update.folders is None else tuple(update.folders)
-            by_filter.setdefault(key, []).append(update)
+        if not updates:
+            return []
         async with self._db.connection() as conn:
-            for folders, group in by_filter.items():
+            try:
                 rows = await conn.fetch(
                     _BEGIN_UPDATES,
-                    [u.operation.image_id for u in group],
-                    [u.operation.id for u in group],
-                    [u.change.name for u in group],
-                    [u.operation.created_by for u in group],
-                    [u.change.to_json() for u in group],
-                    None if folders is None else list(folders),
+                    [u.operation.image_id for u in updates],
+                    [u.operation.id for u in updates],
+                    [u.change.name for u in updates],
+                    [u.operation.created_by for u in updates],
+                    [u.change.to_json() for u in updates],
+                    # As text: asyncpg would take a list in an array for another dimension.
+                    [None if u.folders is None else json.dumps(u.folders) for u in updates],
                     self.max_unfinished_per_folder,
-                    group[0].operation.description,
+                    updates[0].operation.description,
                     int(ImageStatus.UPDATING),
                     int(ImageStatus.READY),
+                    # NULL for all (tracing off) costs nothing per Update.
+                    None
+                    if all(u.trace_context is None for u in updates)
+                    else [u.trace_context for u in updates],
                 )
-                by_id = {u.operation.id: u.operation for u in group}
-                for row in rows:
-                    results[row["id"]] = replace(
-                        by_id[row["id"]],
-                        folder_id=row["folder_id"],
-                        created_at=row["created_at"],
-                        modified_at=row["created_at"],
-                    )
-        return [results.get(u.operation.id) for u in updates]
+            except TRANSIENT_ERRORS:
+                raise
+            except asyncpg.PostgresError as exc:
+                log.warning(
+                    "accept.batch_handed_back", error=type(exc).__name__, updates=len(updates)
+                )
+                return [None] * len(updates)
+        by_id = {u.operation.id: u.operation for u in updates}
+        accepted = {
+            row["id"]: replace(
+                by_id[row["id"]],
+                folder_id=row["folder_id"],
+                created_at=row["created_at"],
+                modified_at=row["created_at"],
+            )
+            for row in rows
+        }
+        return [accepted.get(u.operation.id) for u in updates]
 
     async def begin_delete(
         self,
@@ -213,11 +249,9 @@ class PostgresAccepts:
         return Accepted(operation_from_row(row), replayed=True)
 
     async def _check_quota(self, conn: Connection, folder_id: str) -> None:
-        """Checked in the accepting transaction; calls racing in one folder can pass it
-        together, so the limit may be exceeded by as many calls as race."""
-        unfinished = await conn.fetchval(
-            "SELECT count(*) FROM operations WHERE folder_id = $1 AND NOT done", folder_id
-        )
+        """Checked in the accepting transaction, on the folder's count locked until it ends:
+        one primary-key read, whatever the backlog."""
+        unfinished = await conn.fetchval(_LOCK_QUOTA, folder_id)
         ensure_within_quota(folder_id, unfinished, self.max_unfinished_per_folder)
 
 
@@ -246,6 +280,7 @@ async def _insert_operation(
         operation.description,
         operation.created_by,
         request,
+        tracing.traceparent(),
     )
     return replace(operation, created_at=created_at, modified_at=created_at)
 

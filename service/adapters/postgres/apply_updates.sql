@@ -1,12 +1,14 @@
 -- Updates applied and finished in one statement: what worker.py's transaction does with
 -- ImageChange.apply and Image.snapshot, for many at once. The operation rows are locked
--- first (as the transaction locks them), then the images, each in one order so that concurrent
--- batches wait for each other and never deadlock; the revision is counted. The property test
+-- first (as the transaction locks them), then the images, then the folders' quota rows (which
+-- finishing lowers: the trigger of migration 0007), each in one order so that concurrent
+-- batches and the other paths wait for each other and never deadlock; the revision is
+-- counted. The property test
 -- tests/integration/test_rules_agree.py holds the two paths to the same result.
 --
 -- $1 operation IDs, $2 READY, $3 UPDATING.
 WITH operation AS (
-    SELECT id, image_id, request FROM operations
+    SELECT id, image_id, folder_id, request FROM operations
     WHERE id = ANY($1::text[]) AND kind = 'update_image' AND NOT done
       -- A request of another shape than the API writes is left to the worker's code.
       AND jsonb_typeof(coalesce(request->'name', '""')) = 'string'
@@ -21,6 +23,13 @@ WITH operation AS (
     SELECT id FROM images WHERE id IN (SELECT image_id FROM operation)
     ORDER BY id
     FOR UPDATE
+), quota AS (
+    -- After the images (all of them: the sort needs every one before it locks the first).
+    SELECT folder_id FROM folder_quotas
+    WHERE folder_id IN (SELECT folder_id FROM operation
+                        WHERE image_id IN (SELECT id FROM locked))
+    ORDER BY folder_id
+    FOR UPDATE
 ), applied AS (
     UPDATE images SET
         name = coalesce(operation.request->>'name', images.name),
@@ -30,6 +39,7 @@ WITH operation AS (
         revision = images.revision + 1
     FROM operation
     WHERE images.id = operation.image_id AND images.id IN (SELECT id FROM locked)
+      AND operation.folder_id IN (SELECT folder_id FROM quota)
       AND images.status = $3
     RETURNING operation.id AS operation_id, images.id, images.folder_id, images.name,
               images.description, images.checksum, images.status, images.created_at,
@@ -45,4 +55,6 @@ UPDATE operations SET done = true, modified_at = now(), lease_until = NULL,
         'labels', applied.labels)
 FROM applied
 WHERE operations.id = applied.operation_id
-RETURNING operations.id
+-- The seconds since acceptance are for the metrics (worker.py).
+RETURNING operations.id,
+          extract(epoch FROM operations.modified_at - operations.created_at)::float8 AS seconds

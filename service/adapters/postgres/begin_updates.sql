@@ -1,37 +1,60 @@
 -- Group commit: what accept.py's single-Update transaction does (rules.ensure_updatable,
 -- the caller's folders, rules.ensure_within_quota, the name free in the folder), for many
--- Updates at once (one array element per Update) in one statement. The conditions are checked
--- per row, so a batch accepts exactly the Updates that would be accepted one at a time; the
--- property test tests/integration/test_rules_agree.py holds the two to that.
+-- Updates at once (one array element per Update) in one statement: all of them or, should it
+-- fail, none. The conditions are checked per row, in the batch's order, so a batch accepts
+-- exactly the Updates that would be accepted one at a time in that order; the property test
+-- tests/integration/test_rules_agree.py holds the two to that.
 --
 -- $1 image IDs, $2 operation IDs, $3 new names (NULL: unchanged), $4 callers, $5 requests,
--- $6 the caller's folders (NULL: all), $7 the quota, $8 the description,
--- $9 UPDATING, $10 READY.
+-- $6 each caller's folders (a JSON array as text; NULL: all), $7 the quota, $8 the description,
+-- $9 UPDATING, $10 READY, $11 the calls' trace contexts (NULL: none has one).
 WITH requested AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
-        AS r(image_id, operation_id, name, created_by, request)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
+                         $6::text[], $11::text[])
+        WITH ORDINALITY
+        AS r(image_id, operation_id, name, created_by, request, folders, trace_context, n)
 ), locked AS (
     -- Rows locked in one order, so batches sharing images wait for each other, never deadlock.
-    SELECT id FROM images WHERE id IN (SELECT image_id FROM requested)
+    SELECT id, folder_id, status FROM images WHERE id IN (SELECT image_id FROM requested)
     ORDER BY id
     FOR NO KEY UPDATE
-), image AS (
-    UPDATE images SET status = $9
-    FROM requested
-    WHERE images.id = requested.image_id AND images.id IN (SELECT id FROM locked)
-      AND images.status = $10
-      AND ($6::text[] IS NULL OR images.folder_id = ANY($6))
+), startable AS (
+    -- Everything but the quota: READY, in the caller's folders, the new name free in the
+    -- folder. Of several Updates of one image, the first: it leaves the image UPDATING.
+    SELECT DISTINCT ON (locked.id) requested.*, locked.folder_id
+    FROM requested JOIN locked ON locked.id = requested.image_id
+    WHERE locked.status = $10
+      AND (requested.folders IS NULL OR requested.folders::jsonb ? locked.folder_id)
       AND (requested.name IS NULL OR NOT EXISTS (
           SELECT 1 FROM images other
-          WHERE other.folder_id = images.folder_id AND other.name = requested.name
-            AND other.id <> images.id))
-      AND (SELECT count(*) FROM operations
-           WHERE operations.folder_id = images.folder_id AND NOT done) < $7
-    RETURNING images.folder_id, requested.*
+          WHERE other.folder_id = locked.folder_id AND other.name = requested.name
+            AND other.id <> locked.id))
+    ORDER BY locked.id, requested.n
+), quota AS (
+    -- The folders' counts, their rows locked after the images and in one order (as accept.py
+    -- locks one), so racing accepts of a folder take turns.
+    INSERT INTO folder_quotas (folder_id, unfinished)
+    SELECT DISTINCT folder_id, 0 FROM startable ORDER BY folder_id
+    ON CONFLICT (folder_id) DO UPDATE SET unfinished = folder_quotas.unfinished
+    RETURNING folder_id, unfinished
+), accepted AS (
+    -- In the batch's order, each Update of a folder counts the ones accepted before it.
+    SELECT startable.* FROM (
+        SELECT startable.*, quota.unfinished,
+               row_number() OVER (PARTITION BY startable.folder_id ORDER BY startable.n) AS nth
+        FROM startable JOIN quota USING (folder_id)
+    ) startable
+    WHERE unfinished + nth <= $7
+), image AS (
+    UPDATE images SET status = $9
+    FROM accepted
+    WHERE images.id = accepted.image_id
+    RETURNING accepted.*
 )
+-- The trigger of migration 0007 adds each inserted operation to its folder's count.
 INSERT INTO operations (id, kind, image_id, folder_id, description, created_at, created_by,
-                        modified_at, request)
+                        modified_at, request, trace_context)
 SELECT operation_id, 'update_image', image_id, folder_id, $8, clock_timestamp(), created_by,
-       clock_timestamp(), request
+       clock_timestamp(), request, trace_context
 FROM image
 RETURNING id, folder_id, created_at

@@ -3,6 +3,16 @@
 A lost or refused connection becomes ``Unavailable`` (retryable), a broken unique name
 constraint ``AlreadyExists``, a value the database cannot store ``InvalidArgument``. Callers
 above the adapters see domain types only.
+
+A connection the server ended while it sat idle in the pool is one of the lost ones, though
+asyncpg does not say so: PostgreSQL sends it a FATAL error (a terminated backend, an idle
+transaction timed out) and closes it a moment later. asyncpg, receiving an error while no
+statement runs, leaves the connection in its "consume the error" state without taking it for
+closed until the socket's end arrives, and a statement started in between fails with
+``InternalClientError: cannot switch to state N; another operation (2) is in progress``
+(MagicStack/asyncpg#1069, #784) before anything is sent. It is translated as the lost
+connection it is, and that connection is terminated so the pool never hands it out again
+(tests/integration/test_lost_connections.py).
 """
 
 from __future__ import annotations
@@ -14,9 +24,12 @@ from importlib import resources
 from typing import TypeAlias
 
 import asyncpg
+import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from service.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, Unavailable
+
+log = structlog.get_logger(__name__)
 
 TRANSIENT_ERRORS = (
     asyncpg.PostgresConnectionError,
@@ -60,6 +73,11 @@ def translate_errors() -> Iterator[None]:
         ) from exc
     except TRANSIENT_ERRORS as exc:
         raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
+    except asyncpg.InternalClientError as exc:
+        # The protocol out of step with the server: a connection broken underneath (see the
+        # module's docstring). Logged, in case it ever is a driver bug instead.
+        log.warning("database.connection_broken", error=str(exc))
+        raise Unavailable("database unavailable: connection lost") from exc
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -108,13 +126,22 @@ class Database:
         """A pooled connection, waited for at most the command timeout; errors translated."""
         with translate_errors():
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
-                yield conn
+                try:
+                    yield conn
+                except asyncpg.InternalClientError:
+                    conn.terminate()  # broken underneath: never back into the pool
+                    raise
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         """A connection in a transaction that commits when the block ends without error."""
         async with self.connection() as conn, conn.transaction():
             yield conn
+
+    def pool_usage(self) -> tuple[int, int]:
+        """Connections taken from the pool, and connections it holds open."""
+        size = self._pool.get_size()
+        return size - self._pool.get_idle_size(), size
 
     async def ping(self) -> None:
         async with self.connection() as conn:

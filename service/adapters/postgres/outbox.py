@@ -1,29 +1,77 @@
-"""The operations table as the outbox (``published_at``), and the hand-outs of the sweeper."""
+"""The operations table as the outbox (``published_at``), and the hand-outs of the sweeper.
+
+No statement here waits for a row another transaction holds: each locks its rows with
+``FOR UPDATE SKIP LOCKED`` in a subquery, so marks, claims and requeues never take part in a
+deadlock with the paths that finish operations (which lock several in ID order).
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
-from service.adapters.postgres.database import Connection, Database
+from service.adapters.postgres.database import Database
+from service.usecases.ports import Unpublished
 
 # Only unfinished, unmarked rows: an operation already done needs no mark (the relay looks
-# at unfinished ones only) and is spared a row version.
-_MARK_PUBLISHED = (
-    "UPDATE operations SET published_at = now()"
-    " WHERE id = ANY($1::text[]) AND published_at IS NULL AND NOT done"
+# at unfinished ones only) and is spared a row version. One held by another transaction is
+# skipped: a worker finishing it makes the mark needless, and otherwise the relay sends it
+# once more, which is harmless.
+_MARK_PUBLISHED = """
+UPDATE operations SET published_at = now()
+WHERE id IN (SELECT id FROM operations
+             WHERE id = ANY($1::text[]) AND published_at IS NULL AND NOT done
+             ORDER BY id FOR UPDATE SKIP LOCKED)
+"""
+
+# A batch for one relay: committed at once, so the relay sends it outside any transaction;
+# another relay skips it while the claim runs.
+_CLAIM_UNPUBLISHED = """
+WITH claimed AS (
+    UPDATE operations SET relay_claimed_until = now() + make_interval(secs => $3)
+    WHERE id IN (SELECT id FROM operations
+                 WHERE published_at IS NULL AND NOT done
+                   AND created_at < now() - make_interval(secs => $1)
+                   AND (relay_claimed_until IS NULL OR relay_claimed_until < now())
+                 ORDER BY created_at LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+    RETURNING id, trace_context, created_at
 )
+SELECT id, trace_context FROM claimed ORDER BY created_at, id
+"""
 
+_RELEASE_CLAIMS = """
+UPDATE operations SET relay_claimed_until = NULL
+WHERE id IN (SELECT id FROM operations WHERE id = ANY($1::text[]) AND published_at IS NULL
+             ORDER BY id FOR UPDATE SKIP LOCKED)
+"""
 
-class Unpublished:
-    """Unpublished operations locked by one relay until its transaction ends."""
+_REQUEUE_EXPIRED_LEASES = """
+UPDATE operations SET published_at = NULL, relay_claimed_until = NULL, lease_until = NULL,
+                      modified_at = now()
+WHERE id IN (SELECT id FROM operations WHERE NOT done AND lease_until < now()
+             ORDER BY id FOR UPDATE SKIP LOCKED)
+RETURNING id
+"""
 
-    def __init__(self, conn: Connection, operation_ids: list[str]) -> None:
-        self._conn = conn
-        self.operation_ids = operation_ids
-
-    async def mark_published(self, operation_ids: Sequence[str]) -> None:
-        await self._conn.execute(_MARK_PUBLISHED, list(operation_ids))
+# All but the newest $2 of the operations published more than $1 seconds ago and never
+# claimed (no lease: Updates never take one, a Create takes one when a worker starts it).
+_REQUEUE_UNCLAIMED = """
+WITH candidate AS (
+    SELECT id, published_at FROM operations
+    WHERE NOT done AND lease_until IS NULL
+      AND published_at < now() - make_interval(secs => $1)
+), lost AS (
+    SELECT id FROM operations
+    WHERE id IN (SELECT id FROM candidate ORDER BY published_at, id
+                 LIMIT greatest((SELECT count(*) FROM candidate) - $2, 0))
+      AND NOT done AND lease_until IS NULL AND published_at IS NOT NULL
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE operations SET published_at = NULL, relay_claimed_until = NULL, modified_at = now()
+WHERE id IN (SELECT id FROM lost)
+RETURNING id
+"""
 
 
 class PostgresOutbox:
@@ -36,35 +84,30 @@ class PostgresOutbox:
         async with self._db.connection() as conn:
             await conn.execute(_MARK_PUBLISHED, list(operation_ids))
 
-    @contextlib.asynccontextmanager
-    async def unpublished(
-        self, older_than_seconds: float, limit: int
-    ) -> AsyncIterator[Unpublished]:
-        """``SKIP LOCKED`` lets several relays run at once without sending a row twice."""
-        async with self._db.transaction() as conn:
-            rows = await conn.fetch(
-                "SELECT id FROM operations WHERE published_at IS NULL AND NOT done"
-                " AND created_at < now() - make_interval(secs => $1)"
-                " ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-                older_than_seconds,
-                limit,
-            )
-            yield Unpublished(conn, [row["id"] for row in rows])
-
-    async def requeue_abandoned(self, republish_after_seconds: float) -> list[str]:
-        """An expired lease means the worker that claimed the operation died; an unfinished,
-        unleased operation published long ago means its message was lost."""
+    async def claim_unpublished(
+        self, older_than_seconds: float, limit: int, claim_seconds: float
+    ) -> list[Unpublished]:
+        """Unpublished operations older than ``older_than_seconds``, oldest first, claimed
+        for ``claim_seconds`` (``relay_claimed_until``) in a statement of their own."""
         async with self._db.connection() as conn:
-            rows = await conn.fetch(
-                "UPDATE operations SET published_at = NULL, lease_until = NULL,"
-                " modified_at = now()"
-                " WHERE id IN (SELECT id FROM operations WHERE NOT done AND ("
-                "   lease_until < now()"
-                "   OR (lease_until IS NULL AND published_at"
-                "       < now() - make_interval(secs => $1)))"
-                " FOR UPDATE SKIP LOCKED) RETURNING id",
-                republish_after_seconds,
-            )
+            rows = await conn.fetch(_CLAIM_UNPUBLISHED, older_than_seconds, limit, claim_seconds)
+        return [Unpublished(row["id"], row["trace_context"]) for row in rows]
+
+    async def release_claims(self, operation_ids: Sequence[str]) -> None:
+        async with self._db.connection() as conn:
+            await conn.execute(_RELEASE_CLAIMS, list(operation_ids))
+
+    async def requeue_expired_leases(self) -> list[str]:
+        """An expired lease means the worker that claimed the operation died."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(_REQUEUE_EXPIRED_LEASES)
+        return [row["id"] for row in rows]
+
+    async def requeue_unclaimed(self, published_before_seconds: float, keep: int) -> list[str]:
+        """Of the operations published long ago and never claimed, those beyond the newest
+        ``keep``: their messages cannot all be waiting (the sweeper says how many may)."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(_REQUEUE_UNCLAIMED, published_before_seconds, keep)
         return [row["id"] for row in rows]
 
 
@@ -78,8 +121,10 @@ class PostgresRetention:
         """Remove up to ``batch`` operations finished more than ``older_than_seconds`` ago."""
         async with self._db.connection() as conn:
             status = await conn.execute(
+                # SKIP LOCKED: retention in several workers never waits on another's rows.
                 "DELETE FROM operations WHERE id IN (SELECT id FROM operations WHERE done"
-                " AND modified_at < now() - make_interval(secs => $1) LIMIT $2)",
+                " AND modified_at < now() - make_interval(secs => $1) LIMIT $2"
+                " FOR UPDATE SKIP LOCKED)",
                 older_than_seconds,
                 batch,
             )

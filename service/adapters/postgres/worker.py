@@ -1,5 +1,11 @@
 """What carrying out an operation needs: claims, leases, the finishing transaction, and the
-one-statement Update (``apply_updates.sql``)."""
+one-statement Update (``apply_updates.sql``).
+
+Every operation ends here (a worker's finish, a Cancel, a dead letter), so this is where the
+ends are counted: ``image_service_operations_finished_total`` and the time from acceptance
+(``image_service_operation_duration_seconds``, both ends by the database's clock), once the
+finish is committed.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +23,12 @@ from service.adapters.postgres.rows import (
 )
 from service.domain.errors import image_name_taken
 from service.domain.model import ClaimedOperation, Image, ImageStatus, OperationError
+from service.runtime import metrics
 
 _APPLY_UPDATES = load_sql("apply_updates.sql")
+# What a finishing statement returns for the metrics: the kind, and the seconds since the
+# operation was accepted.
+_FINISHED = "RETURNING kind, extract(epoch FROM modified_at - created_at)::float8 AS seconds"
 
 
 class PostgresOperations:
@@ -31,7 +41,11 @@ class PostgresOperations:
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         """One transaction on one connection; commits when the block ends without error."""
         async with self._db.transaction() as conn:
-            yield PostgresTransaction(conn)
+            tx = PostgresTransaction(conn)
+            yield tx
+        # Committed: a finish rolled back (and retried) is not counted.
+        for kind, outcome, seconds in tx.finished:
+            metrics.operation_finished(kind, outcome, seconds)
 
     async def apply_updates(self, operation_ids: Sequence[str]) -> list[bool]:
         """Apply and finish unfinished Updates of ``UPDATING`` images in one statement.
@@ -52,6 +66,8 @@ class PostgresOperations:
                 )
             except asyncpg.UniqueViolationError:
                 return [False] * len(operation_ids)
+        for row in rows:
+            metrics.operation_finished("update_image", "OK", row["seconds"])
         finished = {row["id"] for row in rows}
         return [operation_id in finished for operation_id in operation_ids]
 
@@ -102,6 +118,8 @@ class PostgresTransaction:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        # (kind, outcome, seconds since accepted) of each operation finished in it.
+        self.finished: list[tuple[str, str, float]] = []
 
     async def lock_operation(
         self, operation_id: str, attempt: int | None = None
@@ -154,18 +172,25 @@ class PostgresTransaction:
     ) -> None:
         if (response is None) == (error is None):
             raise ValueError("an operation finishes with exactly one of response or error")
-        await self.conn.execute(
+        row = await self.conn.fetchrow(
             "UPDATE operations SET done = true, modified_at = now(), lease_until = NULL,"
-            " response = $2, error_code = $3, error_message = $4 WHERE id = $1 AND NOT done",
+            " response = $2, error_code = $3, error_message = $4 WHERE id = $1 AND NOT done "
+            + _FINISHED,
             operation_id,
             None if response is None else response.snapshot(),
             None if error is None else int(error.code),
             None if error is None else error.message,
         )
+        self._finished(row, "OK" if error is None else error.code.name)
 
     async def finish_deleted(self, operation_id: str) -> None:
-        await self.conn.execute(
+        row = await self.conn.fetchrow(
             "UPDATE operations SET done = true, modified_at = now(), lease_until = NULL,"
-            " response = '{}'::jsonb WHERE id = $1 AND NOT done",
+            " response = '{}'::jsonb WHERE id = $1 AND NOT done " + _FINISHED,
             operation_id,
         )
+        self._finished(row, "OK")
+
+    def _finished(self, row: asyncpg.Record | None, outcome: str) -> None:
+        if row is not None:  # None: it was done already, nothing changed
+            self.finished.append((row["kind"], outcome, row["seconds"]))

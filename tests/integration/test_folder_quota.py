@@ -1,0 +1,150 @@
+"""The per-folder quota of unfinished operations against the real PostgreSQL: calls racing in
+one folder cannot pass it together, and the count it reads (``folder_quotas``, kept by the
+trigger of migration 0007) follows every path that starts, finishes or removes an operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from service.adapters.postgres import Postgres
+from service.adapters.postgres.database import Database
+from service.domain import ids
+from service.domain.auth import Principal, Role
+from service.domain.errors import ResourceExhausted
+from service.domain.model import IdempotencyKey, Image, ImageStatus, NewImage, OperationKind, utcnow
+from service.runtime.waiters import OperationWaiters
+from service.usecases.execute import Executor
+from service.usecases.images import Images, new_operation
+from service.usecases.operations import Operations
+from service.usecases.outbox import PublishedMarks
+from tests.integration.rows import add_image, folder
+from tests.unit.fakes import FakeDownloader, FakePublisher
+
+QUOTA = 10
+
+
+@pytest.fixture
+async def racing(database_url: str) -> AsyncIterator[Postgres]:
+    """The adapters over a pool as large as an API process's, with a quota of ``QUOTA``."""
+    db = await Database.connect(database_url, min_size=10, max_size=10, command_timeout=20)
+    store = Postgres.over(db, max_unfinished_per_folder=QUOTA)
+    yield store
+    await store.close()
+
+
+def new_create(f: str, n: int) -> tuple[Image, NewImage]:
+    image = Image(
+        id=ids.new_id(ids.IMAGE_PREFIX),
+        folder_id=f,
+        name=f"img-{n}",
+        description="",
+        checksum="",
+        status=ImageStatus.CREATING,
+        created_at=utcnow(),
+        labels={},
+    )
+    return image, NewImage(folder_id=f, name=image.name, description="", uri="http://x/", labels={})
+
+
+def outcome(result: object) -> str:
+    if isinstance(result, ResourceExhausted):
+        assert result.quota, "a QuotaFailure detail"
+        return "RESOURCE_EXHAUSTED"
+    if isinstance(result, BaseException):
+        return f"{type(result).__name__}: {result}"
+    return "accepted"
+
+
+async def test_fifty_creates_racing_for_ten_places_accept_exactly_ten(racing: Postgres):
+    f = folder()
+
+    async def create(n: int) -> object:
+        image, request = new_create(f, n)
+        operation = new_operation(OperationKind.CREATE_IMAGE, image.id, f, "tester")
+        return await racing.accepts.insert_create(image, operation, request)
+
+    results = await asyncio.gather(*(create(n) for n in range(50)), return_exceptions=True)
+    assert Counter(map(outcome, results)) == {"accepted": QUOTA, "RESOURCE_EXHAUSTED": 40}
+
+
+async def test_updates_racing_together_and_alone_accept_exactly_the_quota(
+    racing: Postgres, db: asyncpg.Pool
+):
+    """Updates without a key go in group commits, those with one alone; both share one count."""
+    f = folder()
+    caller = Principal(subject="tester", role=Role.EDITOR, folders=frozenset({f}))
+    images = Images(
+        racing.accepts,
+        racing.reads,
+        FakePublisher(),
+        PublishedMarks(racing.outbox),
+        publish_timeout=1,
+    )
+    targets = [await add_image(db, f) for _ in range(40)]
+
+    async def describe(n: int, image_id: str) -> object:
+        key = None if n % 3 else IdempotencyKey("tester", f"key-{image_id}", "fp")
+        return await images.update_image(image_id, ["description"], "", "d", {}, caller, key)
+
+    results = await asyncio.gather(
+        *(describe(n, i) for n, i in enumerate(targets)), return_exceptions=True
+    )
+    assert Counter(map(outcome, results)) == {"accepted": QUOTA, "RESOURCE_EXHAUSTED": 30}
+
+
+async def counts(db: asyncpg.Pool, folders: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Per folder: the kept count, and the count of its unfinished operations."""
+    kept = await db.fetch(
+        "SELECT folder_id, unfinished FROM folder_quotas WHERE folder_id = ANY($1)", folders
+    )
+    counted = await db.fetch(
+        "SELECT folder_id, count(*) AS n FROM operations WHERE folder_id = ANY($1) AND NOT done"
+        " GROUP BY folder_id",
+        folders,
+    )
+    return (
+        {r["folder_id"]: r["unfinished"] for r in kept if r["unfinished"]},
+        {r["folder_id"]: r["n"] for r in counted},
+    )
+
+
+async def test_the_kept_count_follows_every_path(store: Postgres, db: asyncpg.Pool):
+    folders = [folder(), folder()]
+    caller = Principal(subject="tester", role=Role.EDITOR, folders=frozenset(folders))
+    images = Images(
+        store.accepts, store.reads, FakePublisher(), PublishedMarks(store.outbox), publish_timeout=1
+    )
+    operations = Operations(
+        store.reads, store.operations, OperationWaiters(), encode=lambda _: b"", cache_size=0
+    )
+    executor = Executor(store.operations, FakeDownloader(), lease_seconds=30, max_attempts=5)
+    started = []
+    for n in range(12):
+        image_id = await add_image(db, folders[n % 2])
+        started.append(await images.update_image(image_id, None, "", "d", {}, caller))
+        if n % 4 == 0:
+            deleted = await add_image(db, folders[n % 2])
+            started.append(await images.delete_image(deleted, caller))
+    for n in range(3):
+        _, request = new_create(folders[n % 2], n)
+        started.append(await images.create_image(request, caller))
+    kept, counted = await counts(db, folders)
+    assert kept == counted
+    assert sum(counted.values()) == len(started) == 18
+
+    await store.operations.apply_updates([op.id for op in started[:4]])  # finished together
+    for op in started[4:7]:
+        await executor.execute(op.id)  # alone (Deletes and Updates)
+    for op in started[7:10]:
+        await operations.cancel_operation(op.id, caller)
+    await executor.abandon(started[10].id, "given up")  # a dead letter
+    await db.execute("DELETE FROM operations WHERE id = $1", started[11].id)
+    kept, counted = await counts(db, folders)
+    assert kept == counted
+    assert sum(counted.values()) < len(started) - 8
