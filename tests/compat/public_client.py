@@ -31,6 +31,8 @@ PUBLIC_FILES = (
     "yandex/cloud/baremetal/v1alpha/image_service.proto",
     "yandex/cloud/operation/operation.proto",
     "yandex/cloud/operation/operation_service.proto",
+    "yandex/cloud/endpoint/api_endpoint.proto",
+    "yandex/cloud/endpoint/api_endpoint_service.proto",
 )
 
 POLL_INTERVAL = 0.1
@@ -114,6 +116,7 @@ def describe_files(file_descriptors: list[Any]) -> dict[str, Any]:
 
 def public_file_descriptors() -> list[Any]:
     from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2
+    from yandex.cloud.endpoint import api_endpoint_pb2, api_endpoint_service_pb2
     from yandex.cloud.operation import operation_pb2, operation_service_pb2
 
     return [
@@ -121,6 +124,8 @@ def public_file_descriptors() -> list[Any]:
         image_service_pb2.DESCRIPTOR,
         operation_pb2.DESCRIPTOR,
         operation_service_pb2.DESCRIPTOR,
+        api_endpoint_pb2.DESCRIPTOR,
+        api_endpoint_service_pb2.DESCRIPTOR,
     ]
 
 

@@ -7,104 +7,25 @@ and dumps the public descriptors to compare with the ones we generate.
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
 import hashlib
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.compat.public_client import describe_files
+from tests.compat.public_client import PUBLIC_FILES, describe_files
+from tests.compat.sdk_venv import run
 from tests.e2e.client import folder
 from tests.support import ROOT, BlobServer, ServiceProcess, blob
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2
+from yandex.cloud.endpoint import api_endpoint_pb2, api_endpoint_service_pb2
 from yandex.cloud.operation import operation_pb2, operation_service_pb2
 
 pytestmark = pytest.mark.e2e
 
-SDK_REQUIREMENT = "yandexcloud==0.413.0"
-SDK_PROBE = "import yandex.cloud.baremetal.v1alpha.image_service_pb2"
 PUBLIC_CLIENT = Path(__file__).resolve().parent / "public_client.py"
-VENV = ROOT / ".venv-public-sdk"
-
-
-def clean_env() -> dict[str, str]:
-    """Our environment minus whatever could make the other interpreter see our packages."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV"))
-    }
-    env["PYTHONNOUSERSITE"] = "1"
-    return env
-
-
-async def run(*argv: str | Path, timeout: float) -> tuple[int, str, str]:
-    """Runs a command in a neutral directory (no ``yandex`` package beside it)."""
-    proc = await asyncio.create_subprocess_exec(
-        *map(str, argv),
-        cwd="/",
-        env=clean_env(),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"{argv} did not finish in {timeout}s") from None
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
-
-
-def has_sdk(python: Path) -> bool:
-    if not python.exists():
-        return False
-    probe = subprocess.run(
-        [python, "-I", "-c", SDK_PROBE], cwd="/", env=clean_env(), capture_output=True, check=False
-    )
-    return probe.returncode == 0
-
-
-@pytest.fixture(scope="session")
-def public_python() -> Path:
-    """An interpreter of a venv with the public SDK: $PUBLIC_SDK_PYTHON or .venv-public-sdk."""
-    if given := os.environ.get("PUBLIC_SDK_PYTHON"):
-        python = Path(given)
-        assert has_sdk(python), f"PUBLIC_SDK_PYTHON={given} cannot `{SDK_PROBE}`"
-        return python
-
-    python = VENV / "bin" / "python"
-    VENV.mkdir(exist_ok=True)
-    # Another test run may be building the same venv: take turns.
-    with open(VENV / ".create.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if has_sdk(python):
-            return python
-        started = time.monotonic()
-        for argv in (
-            [sys.executable, "-m", "venv", str(VENV)],
-            [str(python), "-m", "pip", "install", "--quiet", SDK_REQUIREMENT],
-        ):
-            done = subprocess.run(
-                argv, cwd="/", env=clean_env(), capture_output=True, text=True, timeout=600
-            )
-            assert done.returncode == 0, (
-                f"{argv} exited with {done.returncode}:\n{done.stdout[-2000:]}\n"
-                f"{done.stderr[-4000:]}"
-            )
-        assert has_sdk(python), f"{SDK_REQUIREMENT} installed but `{SDK_PROBE}` fails"
-        print(f"created {VENV} in {time.monotonic() - started:.1f}s", file=sys.stderr)
-    return python
 
 
 async def test_public_sdk_stubs_run_the_whole_flow(
@@ -207,13 +128,19 @@ async def test_descriptors_match_the_public_sdk(public_python: Path) -> None:
             image_service_pb2.DESCRIPTOR,
             operation_pb2.DESCRIPTOR,
             operation_service_pb2.DESCRIPTOR,
+            api_endpoint_pb2.DESCRIPTOR,
+            api_endpoint_service_pb2.DESCRIPTOR,
         ]
     )
-    assert set(public) == {
+    # Every proto file we serve, compared with the SDK's.
+    assert set(public) == set(ours) == set(PUBLIC_FILES)
+    assert set(PUBLIC_FILES) == {
         "yandex/cloud/baremetal/v1alpha/image.proto",
         "yandex/cloud/baremetal/v1alpha/image_service.proto",
         "yandex/cloud/operation/operation.proto",
         "yandex/cloud/operation/operation_service.proto",
+        "yandex/cloud/endpoint/api_endpoint.proto",
+        "yandex/cloud/endpoint/api_endpoint_service.proto",
     }
     found = list(differences(ours, public))
     assert not found, "our protos differ from the public SDK's:\n" + "\n".join(found)
