@@ -1,0 +1,7 @@
+"""The command-line client of the public API (``python -m service image|operation ...``):
+a gRPC client over the generated stubs, like any SDK. ``client``: the channel, retries and
+waiting; ``render``: what it prints and the progress line; ``commands``: the commands."""
+
+from service.entrypoints.console.commands import image, operation
+
+__all__ = ["image", "operation"]

@@ -1,0 +1,61 @@
+"""The compose stack works end to end: one image built once for migrate, api and workers; a
+demo file server the workers are allowed to download from; healthchecks and start order kept.
+Checked statically (no Docker engine here); ``docker-compose config`` when it is installed."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from tests.support import ROOT
+from tests.unit.test_compose_endpoint import as_run_without_overrides
+
+APP_SERVICES = ("migrate", "api", "workers")
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def test_one_image_is_built_once_and_run_by_migrate_api_and_workers():
+    services = compose()["services"]
+    builders = sorted(name for name, service in services.items() if "build" in service)
+    assert builders == ["migrate"]
+    images = {as_run_without_overrides(services[name]["image"]) for name in APP_SERVICES}
+    assert len(images) == 1
+    for name in ("api", "workers"):
+        assert services[name]["pull_policy"] == "never"  # built locally, never pulled
+        assert services[name]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }
+
+
+def test_the_demo_file_server_is_reachable_by_the_workers_download_policy():
+    services = compose()["services"]
+    files = services["files"]
+    assert "http.server 8000" in " ".join(files["command"])
+    assert "healthcheck" in files
+    allowed = as_run_without_overrides(
+        services["workers"]["environment"]["DOWNLOAD_ALLOWED_NETWORKS"]
+    )
+    networks = [ipaddress.ip_network(cidr) for cidr in allowed.split(",")]
+    # Docker gives compose networks addresses from 172.17.0.0/16 upwards (then 192.168/16).
+    for sample in ("172.18.0.5", "172.30.0.5", "192.168.16.5"):
+        assert any(ipaddress.ip_address(sample) in net for net in networks), sample
+
+
+def test_the_readme_creates_from_the_demo_file_server():
+    readme = (ROOT / "README.md").read_text()
+    assert "http://files:8000/demo.img" in readme
+    host = urlsplit("http://files:8000/demo.img").hostname
+    assert host in compose()["services"]
+
+
+@pytest.mark.parametrize("name", ["postgres", "rabbitmq", "api", "workers", "files"])
+def test_every_long_running_service_has_a_healthcheck(name):
+    assert "test" in compose()["services"][name]["healthcheck"]

@@ -1,0 +1,136 @@
+"""The command-line client's habits, over fake stubs: UNAVAILABLE retried with one
+idempotency key, WaitOperation used when offered and polling when it is not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+
+from service.entrypoints.console import client as client_module
+from service.entrypoints.console.client import Api, ApiError, Endpoint
+from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2
+from yandex.cloud.operation import operation_pb2
+
+
+class Refusal(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+class Scripted:
+    """A stub method answering from a script: each item is returned, or raised."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.calls: list[dict[str, str]] = []
+
+    def __call__(self, request: Any, *, metadata: Any, timeout: float) -> Any:
+        self.calls.append(dict(metadata))
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+@pytest.fixture
+def api(monkeypatch):
+    monkeypatch.setattr(client_module, "POLL_SECONDS", 0.0)
+    monkeypatch.setattr(client_module.time, "sleep", lambda seconds: None)
+    notices: list[str] = []
+    with Api(Endpoint("127.0.0.1:1", "tok.secret"), notices.append) as made:
+        made.notices = notices  # type: ignore[attr-defined]
+        yield made
+
+
+def operation(done: bool) -> operation_pb2.Operation:
+    op = operation_pb2.Operation(id="opn1", done=done)
+    op.metadata.Pack(image_service_pb2.UpdateImageMetadata(image_id="img1"))
+    return op
+
+
+def test_a_mutation_retried_after_unavailable_sends_the_same_idempotency_key(api):
+    method = Scripted(Refusal(grpc.StatusCode.UNAVAILABLE, "connect failed"), operation(False))
+    assert api.call(method, None, mutation=True).id == "opn1"
+    keys = [call["idempotency-key"] for call in method.calls]
+    assert len(keys) == 2
+    assert keys[0] == keys[1]
+    assert all(call["authorization"] == "Bearer tok.secret" for call in method.calls)
+    assert api.notices == ["the API is unavailable (connect failed); retrying"]
+
+
+def test_a_read_carries_no_idempotency_key(api):
+    method = Scripted(operation(True))
+    api.call(method, None)
+    assert "idempotency-key" not in method.calls[0]
+
+
+def test_a_refusal_other_than_unavailable_is_not_retried(api):
+    method = Scripted(Refusal(grpc.StatusCode.NOT_FOUND, "Image img1 not found"))
+    with pytest.raises(ApiError) as caught:
+        api.call(method, None, mutation=True)
+    assert len(method.calls) == 1
+    assert str(caught.value) == "NOT_FOUND: Image img1 not found"
+
+
+def test_unavailable_past_the_retry_time_says_where_it_tried():
+    method = Scripted(Refusal(grpc.StatusCode.UNAVAILABLE, "connection refused"))
+    with (
+        Api(Endpoint("127.0.0.1:1", "t"), print, retry_seconds=0.0) as api,
+        pytest.raises(ApiError, match=r"cannot reach the API at 127\.0\.0\.1:1"),
+    ):
+        api.call(method, None)
+    assert len(method.calls) == 1
+
+
+def image(status: int) -> image_pb2.Image:
+    return image_pb2.Image(id="img1", status=status)
+
+
+def test_waiting_uses_wait_operation_and_reports_the_image_status(api):
+    api.longrunning = type("L", (), {})()
+    api.longrunning.WaitOperation = Scripted(
+        type("Answer", (), {"done": False})(), type("Answer", (), {"done": True})()
+    )
+    api.images = type("I", (), {})()
+    api.images.Get = Scripted(image(image_pb2.Image.UPDATING))
+    api.operations = type("O", (), {})()
+    api.operations.Get = Scripted(operation(True))
+    seen: list[str] = []
+    done = api.wait(operation(False), seen.append)
+    assert done.done
+    assert seen == ["UPDATING", "UPDATING"]
+    assert len(api.longrunning.WaitOperation.calls) == 2
+    assert len(api.operations.Get.calls) == 1  # only to read the finished operation
+
+
+def test_waiting_polls_get_when_the_server_has_no_wait_operation(api):
+    api.longrunning = type("L", (), {})()
+    api.longrunning.WaitOperation = Scripted(Refusal(grpc.StatusCode.UNIMPLEMENTED))
+    api.images = type("I", (), {})()
+    api.images.Get = Scripted(image(image_pb2.Image.CREATING))
+    api.operations = type("O", (), {})()
+    api.operations.Get = Scripted(operation(False), operation(False), operation(True))
+    done = api.wait(operation(False), lambda status: None)
+    assert done.done
+    assert len(api.longrunning.WaitOperation.calls) == 1  # asked once, then never again
+    assert len(api.operations.Get.calls) == 3
+
+
+def test_waiting_for_a_delete_reports_the_image_gone(api):
+    api.longrunning = type("L", (), {})()
+    api.longrunning.WaitOperation = Scripted(type("Answer", (), {"done": True})())
+    api.images = type("I", (), {})()
+    api.images.Get = Scripted(Refusal(grpc.StatusCode.NOT_FOUND, "gone"))
+    api.operations = type("O", (), {})()
+    api.operations.Get = Scripted(operation(True))
+    seen: list[str] = []
+    api.wait(operation(False), seen.append)
+    assert seen == ["deleted"]
