@@ -1,0 +1,220 @@
+// The operations console: plain JavaScript over the REST API of the same server.
+// The token is entered once and kept in sessionStorage (this tab only); every value shown
+// is set as text, never parsed as HTML.
+"use strict";
+
+const REFRESH_MS = 2000;
+const TOKEN_KEY = "console.token";
+const FOLDER_KEY = "console.folder";
+
+const state = { folder: "", imageId: "", timer: null, refreshFailed: false };
+
+function $(id) { return document.getElementById(id); }
+
+function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
+
+class ApiError extends Error {
+  constructor(status, body, requestId) {
+    const text = body && body.message ? body.message : `HTTP ${status}`;
+    super(requestId ? `${text} (HTTP ${status}, request ${requestId})` : `${text} (HTTP ${status})`);
+    this.status = status;
+  }
+}
+
+async function api(method, path) {
+  const response = await fetch(path, {
+    method,
+    headers: { "Authorization": `Bearer ${token()}`, "Accept": "application/json" },
+    cache: "no-store",
+  });
+  let body = null;
+  try { body = await response.json(); } catch (e) { body = null; }
+  if (!response.ok) throw new ApiError(response.status, body, response.headers.get("X-Request-Id"));
+  return body;
+}
+
+function say(text, kind) {
+  const message = $("message");
+  message.textContent = text || "";
+  message.className = kind || "";
+  message.hidden = !text;
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text === undefined || text === null ? "" : String(text);
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+
+function kindOf(operation) {
+  const type = (operation.metadata && operation.metadata["@type"]) || "";
+  const match = /\.(Create|Update|Delete)ImageMetadata$/.exec(type);
+  return match ? match[1].toLowerCase() : type;
+}
+
+function imageOf(operation) {
+  return (operation.metadata && operation.metadata.imageId) || "";
+}
+
+// The public API tells done or not; the console's own read also tells accepted from running.
+function progressOf(operation) {
+  if (!operation.done) return "unfinished";
+  if (!operation.error) return "done";
+  return operation.error.code === 1 ? "cancelled" : "failed";
+}
+
+function duration(operation) {
+  const started = Date.parse(operation.createdAt);
+  const ended = operation.done ? Date.parse(operation.modifiedAt) : Date.now();
+  if (Number.isNaN(started) || Number.isNaN(ended)) return "";
+  const seconds = Math.max(0, (ended - started) / 1000);
+  const text = seconds < 60 ? `${seconds.toFixed(1)} s`
+    : `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+  return operation.done ? text : `${text} so far`;
+}
+
+function when(timestamp) {
+  const time = Date.parse(timestamp);
+  return Number.isNaN(time) ? "" : new Date(time).toLocaleString();
+}
+
+function cancelButton(row, operation) {
+  const td = cell(row, "");
+  if (operation.done) return;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "cancel";
+  button.dataset.operationId = operation.id;
+  button.textContent = "Cancel";
+  button.addEventListener("click", () => cancel(operation.id, button));
+  td.appendChild(button);
+}
+
+function operationRow(operation, progress, withImage) {
+  const row = document.createElement("tr");
+  row.dataset.operationId = operation.id;
+  row.dataset.progress = progress;
+  cell(row, operation.id, "id");
+  if (withImage) cell(row, imageOf(operation), "id");
+  cell(row, kindOf(operation));
+  cell(row, progress, `progress ${progress}`);
+  cell(row, operation.createdBy);
+  cell(row, when(operation.createdAt));
+  cell(row, duration(operation));
+  cell(row, operation.error ? operation.error.message : "", "error");
+  cancelButton(row, operation);
+  return row;
+}
+
+function fill(tableId, rows) {
+  const body = $(tableId).querySelector("tbody");
+  body.replaceChildren(...rows);
+  const empty = document.querySelector(`.empty[data-for="${tableId}"]`);
+  if (empty) empty.hidden = rows.length > 0;
+}
+
+async function showRecent() {
+  const folder = encodeURIComponent(state.folder);
+  const answer = await api("GET", `/console/api/folders/${folder}/operations?pageSize=50`);
+  fill("recent", (answer.operations || []).map(
+    (each) => operationRow(each.operation, each.progress, true)));
+}
+
+async function showImages() {
+  const folder = encodeURIComponent(state.folder);
+  const answer = await api("GET", `/baremetal/v1alpha/images?folderId=${folder}&pageSize=100`);
+  fill("images", (answer.images || []).map((image) => {
+    const row = document.createElement("tr");
+    row.dataset.imageId = image.id;
+    row.dataset.status = image.status;
+    cell(row, image.name);
+    cell(row, image.id, "id");
+    cell(row, image.status, `status ${String(image.status).toLowerCase()}`);
+    cell(row, image.checksum, "id");
+    cell(row, when(image.createdAt));
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "secondary show-operations";
+    button.textContent = "Operations";
+    button.addEventListener("click", () => { state.imageId = image.id; refresh(); });
+    cell(row, "").appendChild(button);
+    return row;
+  }));
+}
+
+async function showImageOperations() {
+  const section = $("image-operations-section");
+  section.hidden = !state.imageId;
+  if (!state.imageId) return;
+  $("selected-image").textContent = state.imageId;
+  const image = encodeURIComponent(state.imageId);
+  const answer = await api("GET", `/baremetal/v1alpha/images/${image}/operations?pageSize=50`);
+  fill("image-operations", (answer.operations || []).map(
+    (operation) => operationRow(operation, progressOf(operation), false)));
+}
+
+async function cancel(operationId, button) {
+  button.disabled = true;
+  try {
+    const operation = await api("POST", `/operations/${encodeURIComponent(operationId)}:cancel`);
+    say(`Operation ${operation.id}: ${progressOf(operation)}`, "ok");
+  } catch (error) {
+    say(`Cancel of ${operationId} refused: ${error.message}`, "problem");
+  }
+  await refresh();
+}
+
+async function refresh() {
+  clearTimeout(state.timer);
+  if (!state.folder || !token()) return;
+  try {
+    await Promise.all([showRecent(), showImages(), showImageOperations()]);
+    $("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    if (state.refreshFailed) say("");  // the problem was the refresh's, and it is over
+    state.refreshFailed = false;
+  } catch (error) {
+    say(error.message, "problem");
+    state.refreshFailed = true;
+  }
+  state.timer = setTimeout(refresh, REFRESH_MS);
+}
+
+function showSignedIn() {
+  const signedIn = Boolean(token());
+  $("sign-in").hidden = signedIn;
+  $("console").hidden = !signedIn;
+  if (signedIn) {
+    state.folder = sessionStorage.getItem(FOLDER_KEY) || "";
+    $("folder").value = state.folder;
+    (state.folder ? $("show-folder") : $("folder")).focus();
+    refresh();
+  } else {
+    clearTimeout(state.timer);
+    $("token").focus();
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    $("token").value = "";
+    showSignedIn();
+  });
+  $("folder-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    state.folder = $("folder").value.trim();
+    state.imageId = "";
+    sessionStorage.setItem(FOLDER_KEY, state.folder);
+    say("");
+    refresh();
+  });
+  $("forget-token").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    say("");
+    showSignedIn();
+  });
+  showSignedIn();
+});

@@ -1,0 +1,127 @@
+"""Every REST route of the API process, each a call of the same servicer method, in the same
+call frame, as over gRPC.
+
+- one route per ``google.api.http`` rule of ``ImageService`` and ``OperationService``, read
+  from their descriptors (``transcoding.bindings``);
+- ``GET /operations/{operation_id}:wait?timeout=30s``: ``WaitOperation`` for REST clients,
+  answering the operation as ``GET /operations/{operation_id}`` does (the public protos have
+  no rule for waiting; this one is declared here, as an ``HttpRule`` like theirs);
+- the operations console's read, under ``/console/api/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from google.api import http_pb2
+from google.longrunning import operations_pb2
+from google.protobuf.descriptor import ServiceDescriptor
+
+from service.bootstrap import Api
+from service.entrypoints.grpc.calls import CallHandling, caller
+from service.entrypoints.grpc.convert import operation_to_proto
+from service.entrypoints.grpc.servicers import (
+    MAX_WAIT_SECONDS,
+    Context,
+    ImageService,
+    OperationService,
+)
+from service.entrypoints.http import console_api
+from service.entrypoints.http.frame import FramedCall, framed
+from service.entrypoints.http.paths import PathTemplate, Routes
+from service.entrypoints.http.transcoding import Binding, bindings
+from service.runtime.lru import Lru
+from service.usecases.operations import Operations
+from yandex.cloud.baremetal.v1alpha import image_service_pb2
+from yandex.cloud.operation import operation_pb2, operation_service_pb2
+
+# Its path binds WaitOperationRequest.name: a google.longrunning name, here the operation's ID.
+WAIT_RULE = http_pb2.HttpRule(get="/operations/{name}:wait")
+# The frame's name of the wait: WaitOperation, as its access log and traces call it.
+WAIT_METHOD = "/google.longrunning.Operations/WaitOperation"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A route's call (in the frame, taking an ``HttpInput``) and the JSON of its answer."""
+
+    call: FramedCall
+    encode: Callable[[Any], bytes]
+
+
+class OperationWaiting:
+    """``WaitOperation`` over REST: the operation once it is done, or as it stands after the
+    request's ``timeout`` (at most ``MAX_WAIT_SECONDS``, as over gRPC)."""
+
+    def __init__(self, operations: Operations) -> None:
+        self._operations = operations
+
+    async def Wait(
+        self, request: operations_pb2.WaitOperationRequest, context: Context
+    ) -> operation_pb2.Operation:
+        timeout = MAX_WAIT_SECONDS
+        if request.HasField("timeout"):
+            seconds = request.timeout.seconds + request.timeout.nanos / 1e9
+            timeout = min(timeout, max(seconds, 0.0))
+        operation = await self._operations.wait_operation(request.name, timeout, caller())
+        return operation_to_proto(operation)
+
+
+def build_routes(api: Api, calls: CallHandling, json_cache_size: int) -> Routes[Endpoint]:
+    """The routes of the REST API and of the console's read; the JSON of up to
+    ``json_cache_size`` finished operations is kept (``kept_json``)."""
+    return Routes(_entries(api, calls, json_cache_size))
+
+
+def kept_json(encode: Callable[[Any], bytes], capacity: int) -> Callable[[Any], bytes]:
+    """``encode``, remembering the JSON of answers that come already encoded.
+
+    Those are finished operations, which never change: the use case keeps each as one bytes
+    object and hands out that same object on every poll, so its hash is computed once and a
+    poll's JSON costs a dictionary lookup instead of a pass of ``json_format``.
+    """
+    kept: Lru[bytes, bytes] = Lru(capacity)
+
+    def encode_kept(answer: Any) -> bytes:
+        if answer.__class__ is not bytes:
+            return encode(answer)
+        found = kept.get(answer)
+        if found is None:
+            found = encode(answer)
+            kept.put(answer, found)
+        return found
+
+    return encode_kept
+
+
+def _entries(
+    api: Api, calls: CallHandling, json_cache_size: int
+) -> Iterator[tuple[str, PathTemplate, Endpoint]]:
+    services: list[tuple[ServiceDescriptor, object]] = [
+        (image_service_pb2.DESCRIPTOR.services_by_name["ImageService"], ImageService(api.images)),
+        (
+            operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"],
+            OperationService(api.operations),
+        ),
+    ]
+    for service, servicer in services:
+        for binding in bindings(service):
+            behavior = getattr(servicer, binding.method.rsplit("/", 1)[1])
+            method, template, endpoint = _route(calls, binding, behavior)
+            encode = kept_json(endpoint.encode, json_cache_size)
+            yield method, template, Endpoint(endpoint.call, encode)
+    wait = Binding.from_rule(
+        WAIT_METHOD, WAIT_RULE, operations_pb2.WaitOperationRequest, operation_pb2.Operation
+    )
+    yield _route(calls, wait, OperationWaiting(api.operations).Wait)
+    recent = console_api.recent_call(calls, api.recent)
+    yield "GET", console_api.RECENT_TEMPLATE, Endpoint(recent, console_api.encode_recent)
+
+
+def _route(
+    calls: CallHandling, binding: Binding, behavior: Any
+) -> tuple[str, PathTemplate, Endpoint]:
+    call = framed(calls, binding.method, behavior, binding.decode)
+    return binding.http_method, binding.template, Endpoint(call, binding.encode)

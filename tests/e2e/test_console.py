@@ -1,0 +1,218 @@
+"""The operations console in a real browser: headless Chromium (Debian's ``chromium``) driven
+by Selenium through Debian's ``chromedriver``, against the real stack.
+
+It signs in with a token, shows an image created through the API, shows an Update's operation
+moving to done without a reload (the page is the same document throughout: a marker set on its
+``window`` survives), cancels an operation, and refuses a viewer's cancel. A screenshot of the
+page is saved in the test's tmp dir (its path is printed) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.e2e.client import create_ready_image, folder, image_id_of, unique, wait_done
+from tests.e2e.rest import http_port
+from tests.e2e.test_security import make_token
+from yandex.cloud.baremetal.v1alpha import image_service_pb2
+from yandex.cloud.operation import operation_service_pb2
+
+pytestmark = pytest.mark.e2e
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is a dev dependency")
+from selenium.common.exceptions import (  # noqa: E402
+    StaleElementReferenceException,
+    WebDriverException,
+)
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+T = TypeVar("T")
+WAIT_SECONDS = 30
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if chromium is None or not Path(driver_path).exists():
+        pytest.skip("needs Debian's chromium and chromium-driver (.ci/run installs them)")
+    options = Options()
+    options.binary_location = chromium
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # CI runs as root
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1400,1100",
+    ):
+        options.add_argument(argument)
+    try:
+        driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    except WebDriverException as exc:
+        pytest.skip(f"chromium does not start here: {exc.msg}")
+    driver.set_script_timeout(WAIT_SECONDS)
+    yield driver
+    driver.quit()
+
+
+async def in_browser(action: Callable[[], T]) -> T:
+    """Selenium blocks: run it beside the event loop, which serves the test's own clients."""
+    return await asyncio.to_thread(action)
+
+
+def until(driver: Any, condition: Callable[[Any], Any], what: str) -> Any:
+    """Wait for ``condition``; the tables are redrawn every 2 s, so an element found may be
+    replaced before it is read: that try is simply made again."""
+    return WebDriverWait(
+        driver,
+        WAIT_SECONDS,
+        poll_frequency=0.1,
+        ignored_exceptions=[StaleElementReferenceException],
+    ).until(condition, message=f"the console never showed {what}")
+
+
+def click(driver: Any, selector: str, what: str) -> None:
+    """A real click on the element, once it is there (again, if it was redrawn meanwhile)."""
+    until(driver, lambda d: d.find_element(By.CSS_SELECTOR, selector).click() or True, what)
+
+
+def cells(driver: Any, selector: str) -> list[str]:
+    return [cell.text for cell in driver.find_elements(By.CSS_SELECTOR, f"{selector} td")]
+
+
+def progress_of(driver: Any, table: str, operation_id: str) -> str | None:
+    rows = driver.find_elements(By.CSS_SELECTOR, f'#{table} tr[data-operation-id="{operation_id}"]')
+    return rows[0].get_attribute("data-progress") if rows else None
+
+
+def sign_in(driver: Any, base: str, token: str, folder_id: str) -> None:
+    driver.get(f"{base}/console")
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    until(driver, lambda d: d.find_element(By.ID, "token").is_displayed(), "the token form")
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.ID, "use-token").click()
+    until(driver, lambda d: d.find_element(By.ID, "folder").is_displayed(), "the folder form")
+    driver.find_element(By.ID, "folder").send_keys(folder_id)
+    driver.find_element(By.ID, "show-folder").click()
+
+
+async def test_the_console_shows_images_and_live_operations_and_cancels(
+    browser, api, images, operations, blobs, db, database_url, tmp_path
+):
+    base = f"http://127.0.0.1:{http_port(api)}"
+    folder_id = folder()
+    token = make_token(database_url, unique("console-editor"), folder_id)
+    image = await create_ready_image(
+        images, operations, blobs.url("/blob/64"), folder_id, description="shown in the console"
+    )
+
+    await in_browser(lambda: sign_in(browser, base, token, folder_id))
+    row = f'#images tr[data-image-id="{image.id}"]'
+    shown = await in_browser(lambda: until(browser, lambda d: cells(d, row), "the image"))
+    assert shown[:4] == [image.name, image.id, "READY", image.checksum]
+    # The token is in this tab's session storage only: no cookie, no local storage.
+    stored = await in_browser(
+        lambda: browser.execute_script(
+            "return [sessionStorage.getItem('console.token'), localStorage.length, document.cookie]"
+        )
+    )
+    assert stored == [token, 0, ""]
+    await in_browser(lambda: browser.execute_script("window.sameDocument = 'yes'"))
+
+    # An Update held (the image row locked against the worker) shows unfinished, then done.
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM images WHERE id = $1 FOR KEY SHARE", image.id)
+        updated = await images.Update(
+            image_service_pb2.UpdateImageRequest(image_id=image.id, description="updated")
+        )
+        seen = await in_browser(
+            lambda: until(
+                browser,
+                lambda d: progress_of(d, "recent", updated.id) in ("accepted", "running"),
+                "the unfinished Update",
+            )
+        )
+        assert seen
+    await in_browser(
+        lambda: until(
+            browser, lambda d: progress_of(d, "recent", updated.id) == "done", "the Update done"
+        )
+    )
+    assert await in_browser(lambda: browser.execute_script("return window.sameDocument")) == "yes"
+    # The image's own operations.
+    await in_browser(
+        lambda: click(browser, f"{row} button.show-operations", "the Operations button")
+    )
+    await in_browser(
+        lambda: until(
+            browser,
+            lambda d: progress_of(d, "image-operations", updated.id) == "done",
+            "the image's operations",
+        )
+    )
+
+    # Cancel a Create whose source stalls.
+    stalled = await images.Create(
+        image_service_pb2.CreateImageRequest(
+            folder_id=folder_id, name=unique("stalled"), uri=blobs.url("/slow/1048576")
+        )
+    )
+    button = f'#recent button.cancel[data-operation-id="{stalled.id}"]'
+    await in_browser(lambda: click(browser, button, "the Cancel button"))
+    await in_browser(
+        lambda: until(
+            browser,
+            lambda d: progress_of(d, "recent", stalled.id) == "cancelled",
+            "the cancelled Create",
+        )
+    )
+    message = await in_browser(lambda: browser.find_element(By.ID, "message").text)
+    assert message == f"Operation {stalled.id}: cancelled"
+    done = await operations.Get(operation_service_pb2.GetOperationRequest(operation_id=stalled.id))
+    assert done.done
+    assert done.error.code == 1
+
+    screenshot = tmp_path / "console.png"
+    assert await in_browser(lambda: browser.save_screenshot(str(screenshot)))
+    print(f"console screenshot: {screenshot}")
+    assert await in_browser(lambda: browser.execute_script("return window.sameDocument")) == "yes"
+
+
+async def test_a_viewers_cancel_is_refused_and_said_so(
+    browser, api, images, operations, blobs, database_url
+):
+    base = f"http://127.0.0.1:{http_port(api)}"
+    folder_id = folder()
+    viewer = make_token(database_url, unique("console-viewer"), folder_id, role="viewer")
+    stalled = await images.Create(
+        image_service_pb2.CreateImageRequest(
+            folder_id=folder_id, name=unique("stalled"), uri=blobs.url("/slow/1048576")
+        )
+    )
+    await in_browser(lambda: sign_in(browser, base, viewer, folder_id))
+    button = f'#recent button.cancel[data-operation-id="{stalled.id}"]'
+    await in_browser(lambda: click(browser, button, "the Cancel button"))
+    message = await in_browser(
+        lambda: until(
+            browser,
+            lambda d: (m := d.find_element(By.ID, "message").text).startswith("Cancel") and m,
+            "the refusal",
+        )
+    )
+    assert message.startswith(f"Cancel of {stalled.id} refused: Permission denied")
+    assert "HTTP 403" in message
+    still = await operations.Get(operation_service_pb2.GetOperationRequest(operation_id=stalled.id))
+    assert not still.done
+    await operations.Cancel(operation_service_pb2.CancelOperationRequest(operation_id=stalled.id))
+    assert image_id_of(stalled)
+    await wait_done(operations, stalled.id)
