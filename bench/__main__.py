@@ -10,6 +10,14 @@ same load generator (separate processes):
 4. latency: Update -> done as a client sees it (WaitOperation), at half the Update rate;
 5. soak: a steady mixed load, with the RSS of the API and the worker at its start and end.
 
+After the Get phase, a REST phase: ``GET /operations/{id}`` over HTTP (``HTTP_LISTEN``) over
+the same operations, beside the gRPC Get figure.
+
+``--metrics`` runs it all with the API and the worker serving Prometheus metrics
+(``METRICS_LISTEN``), scraped every second. ``--metrics-ab N`` adds N rounds that compare two
+more API processes, one with metrics on (scraped every second) and one without, by the Get and
+Update rates and the API's CPU per call, alternating which goes first.
+
 It prints a table with each figure and its ratio to the echo ceiling, and writes JSON.
 """
 
@@ -20,6 +28,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +41,7 @@ import asyncpg
 import grpc
 
 from bench.load import Job, Result, run_job
+from bench.scrape import Scraper
 from service.domain.ids import IMAGE_PREFIX, OPERATION_PREFIX, new_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,6 +239,113 @@ async def drop_database(name: str) -> None:
         await conn.close()
 
 
+def metrics_overhead(
+    pool: ProcessPoolExecutor,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    logs: Path,
+    token: str,
+    url: str,
+    operation_ids: list[str],
+    processes: list[Process],
+) -> dict[str, Any]:
+    """What serving metrics costs: two more API processes over the same stack, one with
+    ``METRICS_LISTEN`` set (and scraped every second), one without; in each round a Get phase
+    and an Update phase against each, in alternating order, so drift of the machine falls on
+    both alike. Medians of the rates, and of the API's CPU per call."""
+    apis: dict[str, tuple[Process, str]] = {}
+    on = "" if args.metrics_ab_control else "127.0.0.1:0"
+    for name, listen in (("off", ""), ("on", on)):
+        process = Process(
+            [sys.executable, "-m", "service"],
+            dict(env, METRICS_LISTEN=listen),
+            logs / f"api-metrics-{name}.log",
+        )
+        processes.append(process)
+        port = json.loads(process.wait_for('"api.started"'))["port"]
+        apis[name] = (process, f"127.0.0.1:{port}")
+    scraped = (
+        []
+        if args.metrics_ab_control
+        else [json.loads(apis["on"][0].wait_for('"metrics.started"'))["port"]]
+    )
+    for _, address in apis.values():  # fills each one's cache of finished operations
+        run_phase(
+            pool,
+            [
+                Job(
+                    "get",
+                    address,
+                    token,
+                    args.seconds,
+                    args.concurrency,
+                    operation_ids=operation_ids,
+                )
+                for _ in range(args.processes)
+            ],
+        )
+    per_phase = int(max(args.seconds, 1) * 2000)  # more images than one phase's Updates
+    images = asyncio.run(insert_images(url, per_phase * 2 * args.metrics_ab))
+    rates: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
+    with Scraper(scraped):
+        for round_number in range(args.metrics_ab):
+            for name in ("off", "on") if round_number % 2 == 0 else ("on", "off"):
+                process, address = apis[name]
+                part, images = images[:per_phase], images[per_phase:]
+                for phase, jobs in (
+                    (
+                        "get",
+                        [
+                            Job("get", address, token, args.seconds, args.concurrency,
+                                operation_ids=operation_ids)
+                            for _ in range(args.processes)
+                        ],
+                    ),
+                    (
+                        "update",
+                        [
+                            Job("update", address, token, args.seconds, args.concurrency,
+                                image_ids=ids)
+                            for ids in split(part, args.processes)
+                        ],
+                    ),
+                ):  # fmt: skip
+                    before = cpu_seconds(process.proc.pid)
+                    result = run_phase(pool, jobs)
+                    used = cpu_seconds(process.proc.pid) - before
+                    rates.setdefault((phase, name), []).append(result.calls / result.seconds)
+                    cpu.setdefault((phase, name), []).append(used / max(result.calls, 1) * 1e6)
+                asyncio.run(drain(url))
+    summary: dict[str, Any] = {"rounds": args.metrics_ab, "control": args.metrics_ab_control}
+    for phase in ("get", "update"):
+        off, on = (statistics.median(rates[(phase, name)]) for name in ("off", "on"))
+        summary[phase] = {
+            "off": round(off, 1),
+            "on": round(on, 1),
+            # Each round's on/off ratio, averaged geometrically: whichever API goes second in a
+            # round runs on a machine the first one left warmer (or busier); with the order
+            # alternating, that factor cancels out of this mean, not out of the medians.
+            "change_percent": _paired_change(rates, phase),
+            "api_cpu_change_percent": _paired_change(cpu, phase),
+            "api_cpu_us_off": round(statistics.median(cpu[(phase, "off")])),
+            "api_cpu_us_on": round(statistics.median(cpu[(phase, "on")])),
+            "rates_off": [round(r) for r in rates[(phase, "off")]],
+            "rates_on": [round(r) for r in rates[(phase, "on")]],
+            "api_cpu_us_per_round_off": [round(c) for c in cpu[(phase, "off")]],
+            "api_cpu_us_per_round_on": [round(c) for c in cpu[(phase, "on")]],
+        }
+    return summary
+
+
+def _paired_change(values: dict[tuple[str, str], list[float]], phase: str) -> float:
+    """The geometric mean of the rounds' on/off ratios, as a change in percent."""
+    ratios = [
+        on / off for off, on in zip(values[(phase, "off")], values[(phase, "on")], strict=True)
+    ]
+    return round((statistics.geometric_mean(ratios) - 1) * 100, 1)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -247,6 +364,23 @@ def main() -> int:
         type=float,
         default=None,
         help="Updates per second of the latency phase (default: half the Update rate measured)",
+    )
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="the API and the worker serve Prometheus metrics (scraped every second)",
+    )
+    parser.add_argument(
+        "--metrics-ab",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="rounds of Get and Update against an API with metrics on and one with them off",
+    )
+    parser.add_argument(
+        "--metrics-ab-control",
+        action="store_true",
+        help="the same rounds with metrics off in both APIs: the noise floor of the comparison",
     )
     parser.add_argument("--smoke", action="store_true", help="seconds-long phases, no verdicts")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file")
@@ -267,6 +401,7 @@ def main() -> int:
         AMQP_URL=AMQP_URL,
         AMQP_QUEUE=queue,
         GRPC_LISTEN="127.0.0.1:0",
+        HTTP_LISTEN="127.0.0.1:0",  # the REST phase
         LOG_LEVEL="WARNING",
         WORKER_CONCURRENCY="64",
         RATE_LIMIT_PER_SECOND="1000000",
@@ -274,6 +409,7 @@ def main() -> int:
         MAX_UNFINISHED_OPERATIONS_PER_FOLDER="10000000",
         DB_POOL_MAX="20",
         DOWNLOAD_ALLOWED_NETWORKS="127.0.0.0/8",  # the large Create's file server
+        METRICS_LISTEN="127.0.0.1:0" if args.metrics else "",
     )
     subprocess.run(
         [sys.executable, "-m", "service", "migrate"],
@@ -309,6 +445,7 @@ def main() -> int:
 
     processes: list[Process] = []
     figures: dict[str, Any] = {}
+    scraper: Scraper | None = None
     try:
         echo = Process([sys.executable, "-m", "bench.echo"], env, logs / "echo.log")
         processes.append(echo)
@@ -317,9 +454,17 @@ def main() -> int:
         api = Process([sys.executable, "-m", "service"], env_info, logs / "api.log")
         processes.append(api)
         api_address = "127.0.0.1:" + json.loads(api.wait_for('"api.started"'))["port"].__str__()
+        http_port = json.loads(api.wait_for('"http.started"'))["port"]
+        http_address = f"127.0.0.1:{http_port}"
         worker = Process([sys.executable, "-m", "workers"], env_info, logs / "worker.log")
         processes.append(worker)
         worker.wait_for('"workers.started"')
+        scraped = [
+            json.loads(p.wait_for('"metrics.started"'))["port"]
+            for p in (api, worker)
+            if args.metrics
+        ]
+        scraper = Scraper(scraped).start() if scraped else None
 
         budget = int(max(args.seconds, 1) * 6000)  # more images than Updates can take
         image_ids = asyncio.run(insert_images(url, budget * 2 + 1000))
@@ -359,6 +504,15 @@ def main() -> int:
             get_result = run_phase(pool, jobs("get", api_address, operation_ids=mix))
             get_rate = get_result.calls / get_result.seconds
             get_cpu = cpu_per_call(cpu_before, stack_cpu(own), get_result.calls)
+            cpu_before = stack_cpu(own)
+            rest_result = run_phase(pool, jobs("rest_get", http_address, operation_ids=mix))
+            rest_rate = rest_result.calls / rest_result.seconds
+            rest_cpu = cpu_per_call(cpu_before, stack_cpu(own), rest_result.calls)
+            metrics_ab = (
+                metrics_overhead(pool, args, env_info, logs, token, url, mix, processes)
+                if args.metrics_ab
+                else None
+            )
 
             target = args.latency_rate or max(update_rate / 2, 1.0)
             latency_jobs = [
@@ -413,6 +567,9 @@ def main() -> int:
                 k: update_cpu[k] for k in ("api", "worker", "postgres", "rabbitmq")
             },
             "cpu_us_per_get": {k: get_cpu[k] for k in ("api", "postgres")},
+            "rest_get_per_second": round(rest_rate, 1),
+            "rest_get_ratio_to_grpc_get": round(rest_rate / get_rate, 3),
+            "cpu_us_per_rest_get": {k: rest_cpu[k] for k in ("api", "postgres")},
             "latency_rate_per_second": round(target, 1),
             "latency_p50_ms": round(percentile(latency_result.latencies, 0.5) * 1000, 1),
             "latency_p99_ms": round(percentile(latency_result.latencies, 0.99) * 1000, 1),
@@ -423,17 +580,22 @@ def main() -> int:
                 k: round((rss_end[k] / rss_start[k] - 1) * 100, 1) for k in rss_start
             },
             "large_create": large,
+            "metrics": args.metrics,
+            "metrics_ab": metrics_ab,
             "soak_seconds": args.soak,
             "soak_updates": len(soak_result.latencies),
             "errors": {
                 "echo": echo_result.error_codes,
                 "update": update_result.error_codes,
                 "get": get_result.error_codes,
+                "rest_get": rest_result.error_codes,
                 "latency": latency_result.error_codes,
                 "soak": soak_result.error_codes,
             },
         }
     finally:
+        if scraper is not None:
+            scraper.stop()
         for process in reversed(processes):
             process.stop()
         asyncio.run(drop_database(database))
@@ -452,6 +614,12 @@ def main() -> int:
             "OperationService.Get",
             f"{figures['get_per_second']:.0f}/s",
             f"{figures['get_ratio_to_echo']:.2f}",
+        ),
+        (
+            "REST GET /operations/{id}",
+            f"{figures['rest_get_per_second']:.0f}/s",
+            f"{figures['rest_get_per_second'] / figures['echo_per_second']:.2f}"
+            f" ({figures['rest_get_ratio_to_grpc_get']:.2f} of gRPC Get)",
         ),
         (
             f"Update->done p50 @ {figures['latency_rate_per_second']:.0f}/s",
@@ -489,7 +657,20 @@ def main() -> int:
         + ", ".join(f"{k} {v}" for k, v in figures["cpu_us_per_update"].items())
         + "; Get: "
         + ", ".join(f"{k} {v}" for k, v in figures["cpu_us_per_get"].items())
+        + "; REST Get: "
+        + ", ".join(f"{k} {v}" for k, v in figures["cpu_us_per_rest_get"].items())
     )
+    if metrics_ab is not None:
+        print(
+            f"metrics on/off ({args.metrics_ab} rounds; medians, then the paired change): "
+            + "; ".join(
+                f"{phase} {metrics_ab[phase]['off']:.0f}/s -> {metrics_ab[phase]['on']:.0f}/s"
+                f" ({metrics_ab[phase]['change_percent']:+.1f}%), API CPU"
+                f" {metrics_ab[phase]['api_cpu_us_off']} -> {metrics_ab[phase]['api_cpu_us_on']} µs"
+                f" ({metrics_ab[phase]['api_cpu_change_percent']:+.1f}%)"
+                for phase in ("get", "update")
+            )
+        )
     print(f"errors: {json.dumps(figures['errors'])}")
     print(f"JSON: {out}")
     return 0

@@ -1,6 +1,7 @@
 """The load generator: separate processes, each with its own event loop and channel.
 
-Every phase (echo, Update, Get, latency) is driven by the same code with a different call.
+Every phase (echo, Update, Get, latency) is driven by the same code with a different call;
+the REST phase (``rest_get``) by the same loop over an HTTP client session instead.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
 from google.protobuf import duration_pb2
@@ -23,7 +25,7 @@ from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_
 
 @dataclass
 class Job:
-    phase: str  # echo | update | get | latency
+    phase: str  # echo | update | get | latency | rest_get
     address: str
     token: str
     seconds: float
@@ -49,6 +51,8 @@ def run_job(job: Job) -> Result:
 
 
 async def _run(job: Job) -> Result:
+    if job.phase == "rest_get":
+        return await _run_rest(job)
     metadata = (("authorization", f"Bearer {job.token}"),)
     result = Result()
     options = [("grpc.max_concurrent_streams", 1000)]
@@ -61,6 +65,38 @@ async def _run(job: Job) -> Result:
             await _open_loop(call, job.rate, deadline)
         else:
             await asyncio.gather(*(_closed_loop(call, deadline) for _ in range(job.concurrency)))
+        result.seconds = time.perf_counter() - started
+    return result
+
+
+async def _run_rest(job: Job) -> Result:
+    """``GET /operations/{id}`` over HTTP/1.1 keep-alive connections (one per call in
+    flight), as a script polling with curl's library or ``requests`` would."""
+    result = Result()
+    connector = aiohttp.TCPConnector(limit=job.concurrency)
+    headers = {"Authorization": f"Bearer {job.token}"}
+    async with aiohttp.ClientSession(
+        f"http://{job.address}", connector=connector, headers=headers
+    ) as session:
+
+        async def call() -> None:
+            operation_id = random.choice(job.operation_ids)
+            try:
+                async with session.get(f"/operations/{operation_id}") as response:
+                    await response.read()
+            except aiohttp.ClientError as exc:
+                name = type(exc).__name__
+            else:
+                if response.status == 200:
+                    result.calls += 1
+                    return
+                name = f"HTTP {response.status}"
+            result.errors += 1
+            result.error_codes[name] = result.error_codes.get(name, 0) + 1
+
+        started = time.perf_counter()
+        deadline = started + job.seconds
+        await asyncio.gather(*(_closed_loop(call, deadline) for _ in range(job.concurrency)))
         result.seconds = time.perf_counter() - started
     return result
 

@@ -7,16 +7,21 @@ Both processes start here: the API (``entrypoints/grpc/server.py``) and the work
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 
 from service.adapters.download import HttpDownloader
 from service.adapters.postgres import Postgres
+from service.adapters.postgres.gauges import DatabaseGauges
 from service.adapters.postgres.listener import DoneListener
+from service.adapters.postgres.schema import PostgresSchema, connect_database
 from service.adapters.rabbitmq import Broker
 from service.domain.network import NetworkPolicy, parse_networks
+from service.runtime.exposition import MetricsServer, start_metrics_server
 from service.runtime.ratelimit import RateLimiter
 from service.runtime.settings import Settings
+from service.runtime.startup import unless_stopped
 from service.runtime.supervisor import Supervisor
 from service.runtime.waiters import OperationWaiters
 from service.usecases.auth import Authenticator
@@ -24,8 +29,11 @@ from service.usecases.execute import Executor
 from service.usecases.images import Images
 from service.usecases.operations import Encode, Operations
 from service.usecases.outbox import PublishedMarks
+from service.usecases.recent import RecentOperations
+from service.usecases.schema import ensure_schema_current
 
-# How long a process waits for the database at start-up before it gives up.
+# How long the workers wait for the broker at start-up before they go on (the database's
+# wait is STARTUP_TIMEOUT_SECONDS).
 STARTUP_DEADLINE_SECONDS = 60.0
 
 
@@ -47,16 +55,42 @@ class Infrastructure:
             await self.postgres.close()
 
 
-async def start_infrastructure(settings: Settings, *, broker_wait: float) -> Infrastructure:
-    """Connect to the database (retrying until ``STARTUP_DEADLINE_SECONDS``) and start
-    connecting to the broker, waiting for it at most ``broker_wait`` seconds."""
-    postgres = await Postgres.connect(settings, deadline=STARTUP_DEADLINE_SECONDS)
+async def start_infrastructure(
+    settings: Settings, *, broker_wait: float, stop: asyncio.Event | None = None
+) -> Infrastructure | None:
+    """Connect to the database (retrying until ``STARTUP_TIMEOUT_SECONDS``), check that it
+    has this version's schema (``SetupError`` if not), and start
+    connecting to the broker, waiting for it at most ``broker_wait`` seconds.
+
+    ``None`` once ``stop`` is set before that is done (a SIGTERM during start-up): whatever
+    was started is closed again, and the process can exit at once.
+    """
+    postgres = await unless_stopped(
+        stop, connect_database(settings, deadline=settings.startup_timeout_seconds)
+    )
+    if postgres is None:
+        return None
+    try:
+        await unless_stopped(
+            stop,
+            ensure_schema_current(
+                PostgresSchema(postgres.db), timeout=settings.startup_timeout_seconds
+            ),
+        )
+    except BaseException:
+        await postgres.close()
+        raise
     broker = Broker(settings.amqp_url, settings.amqp_queue, settings.amqp_delivery_limit)
     supervisor = Supervisor()
-    supervisor.start("broker-connect", broker.connect)
-    with contextlib.suppress(TimeoutError):
-        await broker.wait_connected(broker_wait)
-    return Infrastructure(settings, postgres, broker, supervisor)
+    infra = Infrastructure(settings, postgres, broker, supervisor)
+    if stop is None or not stop.is_set():
+        supervisor.start("broker-connect", broker.keep_connected)
+        with contextlib.suppress(TimeoutError):
+            await unless_stopped(stop, broker.wait_connected(broker_wait))
+    if stop is not None and stop.is_set():
+        await infra.close()
+        return None
+    return infra
 
 
 def network_policy(settings: Settings) -> NetworkPolicy:
@@ -72,6 +106,7 @@ class Api:
     marks: PublishedMarks
     authenticator: Authenticator
     limiter: RateLimiter
+    recent: RecentOperations  # the operations console's read
 
 
 def build_api(infra: Infrastructure, encode: Encode) -> Api:
@@ -111,6 +146,7 @@ def build_api(infra: Infrastructure, encode: Encode) -> Api:
         marks=marks,
         authenticator=Authenticator(postgres.tokens, settings.auth_cache_seconds),
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        recent=RecentOperations(postgres.reads),
     )
 
 
@@ -129,3 +165,18 @@ def build_executor(infra: Infrastructure) -> Executor:
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
     )
+
+
+def start_metrics(
+    infra: Infrastructure, *, serve: bool = True, count_operations: bool = False
+) -> MetricsServer | None:
+    """With ``METRICS_LISTEN`` set: refresh the sampled gauges under the supervisor (the
+    operation counts too with ``count_operations``: the workers) and, with ``serve``, serve
+    ``/metrics`` (returned, to stop at exit). ``serve`` is False in the processes of
+    ``API_PROCESSES`` > 1, whose parent serves their sum."""
+    settings = infra.settings
+    if not settings.metrics_listen:
+        return None
+    gauges = DatabaseGauges(infra.postgres.db, count_operations=count_operations)
+    infra.supervisor.every("metrics-gauges", settings.metrics_refresh_seconds, gauges.refresh)
+    return start_metrics_server(settings.metrics_listen) if serve else None

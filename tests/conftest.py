@@ -24,6 +24,9 @@ from tests.support import ROOT, BlobServer, ServiceProcess, base_env
 from yandex.cloud.baremetal.v1alpha import image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2_grpc
 
+# The REST API's fixtures (``rest``), for the e2e, fuzz and console tests alike.
+pytest_plugins = ("tests.e2e.rest",)
+
 ADMIN_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -113,6 +116,7 @@ def stack_env(database_url: str, queue_names: Callable[[str], str]) -> dict[str,
         AMQP_URL=AMQP_URL,
         AMQP_QUEUE=queue_names(""),
         GRPC_LISTEN="127.0.0.1:0",
+        HTTP_LISTEN="127.0.0.1:0",  # the REST API and console (tests/e2e/rest.py finds its port)
         LOG_LEVEL="INFO",
         OUTBOX_INTERVAL_SECONDS="0.2",
         OUTBOX_GRACE_SECONDS="0.5",

@@ -1,94 +1,107 @@
-"""``python -m service``: the API (default), ``migrate``, and ``token create|revoke``."""
+"""``python -m service``: the gRPC API (the default), ``migrate``, the operator's commands
+(``token``, ``doctor``, ``ops``) and the command-line client of the API (``image``,
+``operation``).
+
+``--help`` of every command exits 0 without connecting to anything and lists the settings
+(environment variables) the command reads. Expected failures are one line on stderr and
+exit 1 (``service.entrypoints.failures``).
+"""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import sys
 
+import click
+
+from service.entrypoints.admin import token
+from service.entrypoints.console import image, operation
+from service.entrypoints.failures import explained, fail, load_settings
+from service.entrypoints.helptext import API_SETTINGS, SettingsGroup
+from service.entrypoints.listen import ensure_can_listen
+from service.entrypoints.ops import doctor, ops
 from service.runtime import logs
 from service.runtime.settings import Settings
 
-# The token commands wait this long for the database, not the API's minute.
-TOKEN_DATABASE_DEADLINE_SECONDS = 10.0
 
+async def _check_database(settings: Settings) -> None:
+    """The start-up checks of one API process, made once before ``API_PROCESSES`` children
+    start: each would fail alike."""
+    from service.adapters.postgres.schema import PostgresSchema, connect_database
+    from service.usecases.schema import ensure_schema_current
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m service",
-        description="Runs the gRPC API (the default), applies migrations, or manages tokens.",
-    )
-    commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="run the gRPC API (the default)")
-    commands.add_parser("migrate", help="create the database if needed and apply migrations")
-    tokens = commands.add_parser("token", help="create or revoke API tokens").add_subparsers(
-        dest="token_command", required=True
-    )
-    create = tokens.add_parser("create", help="print a new token (alone on the last line)")
-    create.add_argument("--subject", required=True, help="the user or service account ID")
-    create.add_argument(
-        "--folder",
-        action="append",
-        required=True,
-        help="a folder the token may act in (repeat for several; '*' for every folder)",
-    )
-    create.add_argument(
-        "--role", required=True, choices=["viewer", "editor"], help="what the token may do"
-    )
-    create.add_argument("--expires-in", type=float, help="lifetime in seconds (default: none)")
-    revoke = tokens.add_parser("revoke", help="revoke a token (by its ID or the whole token)")
-    revoke.add_argument("token")
-    return parser
-
-
-async def _token_command(settings: Settings, args: argparse.Namespace) -> int:
-    from service.adapters.postgres import Postgres
-    from service.domain.auth import Role
-    from service.usecases.auth import create_token, revoke_token
-
-    postgres = await Postgres.connect(settings, deadline=TOKEN_DATABASE_DEADLINE_SECONDS)
+    postgres = await connect_database(settings, deadline=settings.startup_timeout_seconds)
     try:
-        if args.token_command == "create":
-            token = await create_token(
-                postgres.tokens,
-                args.subject,
-                Role(args.role),
-                frozenset(args.folder),
-                args.expires_in,
-            )
-            print(f"token id: {token.id}")
-            print(f"subject: {args.subject}  role: {args.role}  folders: {','.join(args.folder)}")
-            print(token.text)  # the token alone on the last line; it is not stored anywhere
-            return 0
-        revoked = await revoke_token(postgres.tokens, args.token)
-        if revoked is not None:
-            print(f"revoked {revoked}")
-            return 0
-        print(f"no active token {args.token.split('.', 1)[0]}", file=sys.stderr)
-        return 1
+        await ensure_schema_current(
+            PostgresSchema(postgres.db), timeout=settings.startup_timeout_seconds
+        )
     finally:
         await postgres.close()
 
 
-def main() -> None:
-    args = _parser().parse_args()
-    settings = Settings()
-    if args.command == "token":
-        logs.configure(settings.log_level, component="token")
-        raise SystemExit(asyncio.run(_token_command(settings, args)))
-    if args.command == "migrate":
+def _serve() -> None:
+    with explained():
+        settings = load_settings()
+        ensure_can_listen(settings.grpc_listen, shared=settings.api_processes > 1)
+        if settings.http_listen:
+            shared = settings.api_processes > 1
+            ensure_can_listen(settings.http_listen, shared=shared, setting="HTTP_LISTEN")
+        if settings.api_processes > 1:
+            from service.entrypoints.grpc.processes import run_processes
+
+            logs.configure(settings.log_level, component="api")
+            asyncio.run(_check_database(settings))
+            raise SystemExit(run_processes(settings.api_processes, settings))
+        from service.entrypoints.grpc.server import serve_api
+
+        serve_api(settings)
+
+
+@click.group(
+    cls=SettingsGroup,
+    settings=API_SETTINGS,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """The BareMetal image service. Without a command: run the gRPC API (as serve does).
+
+    First time: migrate, then token create, then start the workers (python -m workers) and
+    the API.
+    """
+    if ctx.invoked_subcommand is None:
+        _serve()
+
+
+@cli.command(settings=API_SETTINGS)
+def serve() -> None:
+    """Run the gRPC API on GRPC_LISTEN until SIGTERM or Ctrl-C (the default command)."""
+    _serve()
+
+
+@cli.command(settings=("database_url", "log_level"))
+def migrate() -> None:
+    """Create the database if it is missing and apply the migrations it lacks. Safe to run
+    again, and from several places at once."""
+    with explained():
+        settings = load_settings()
         logs.configure(settings.log_level, component="migrate")
-        from service.adapters.postgres.migrations import MigrationsNotFoundError, migrate
+        from service.adapters.postgres.migrations import MigrationsNotFoundError
+        from service.adapters.postgres.migrations import migrate as apply_migrations
 
         try:
-            migrate(str(settings.database_url))
+            apply_migrations(str(settings.database_url))
         except MigrationsNotFoundError as exc:
-            raise SystemExit(f"migrate: {exc}") from None
-        return
-    if settings.api_processes > 1:
-        from service.entrypoints.grpc.processes import run_processes
+            fail(f"migrate: {exc}")
 
-        raise SystemExit(run_processes(settings.api_processes))
-    from service.entrypoints.grpc.server import serve_api
 
-    serve_api(settings)
+cli.add_command(token)
+cli.add_command(doctor)
+cli.add_command(ops)
+cli.add_command(image)
+cli.add_command(operation)
+
+
+def main() -> None:
+    """``python -m service``."""
+    cli(prog_name="python -m service")

@@ -20,14 +20,17 @@ from service.bootstrap import (
     Infrastructure,
     build_executor,
     start_infrastructure,
+    start_metrics,
 )
 from service.domain.errors import ServiceError
-from service.runtime import logs
+from service.runtime import logs, metrics, tracing
 from service.runtime.loop import run_loop
 from service.runtime.retry import retrying
 from service.runtime.settings import Settings
+from service.runtime.startup import unless_stopped
 from service.usecases.execute import Executor
 from service.usecases.health import dependencies_ok
+from service.usecases.ops import dead_letter_reason
 from service.usecases.outbox import publish_pending, requeue_abandoned
 from service.usecases.retention import purge_expired
 
@@ -48,20 +51,31 @@ class WorkerPool:
 
     async def execute_operation(self, delivery: Delivery) -> bool:
         """Consumer handler: True (ack) once the operation is done or not ours to do."""
-        with structlog.contextvars.bound_contextvars(
-            operation_id=delivery.operation_id, delivery_count=delivery.delivery_count
+        with (
+            structlog.contextvars.bound_contextvars(
+                operation_id=delivery.operation_id, delivery_count=delivery.delivery_count
+            ),
+            tracing.consuming(
+                self._settings.amqp_queue, delivery.operation_id, delivery.trace_context
+            ),
         ):
             return await self._retrying(lambda: self._executor.execute(delivery.operation_id))
 
     async def abandon_dead_letter(self, delivery: Delivery) -> bool:
         """Dead-letter handler: the message failed too often; finish its operation."""
-        with structlog.contextvars.bound_contextvars(operation_id=delivery.operation_id):
-            reason = (
-                f"Operation failed after {self._settings.amqp_delivery_limit} delivery attempts"
-            )
-            return await self._retrying(
+        queue = dead_letter_queue(self._settings.amqp_queue)
+        with (
+            structlog.contextvars.bound_contextvars(operation_id=delivery.operation_id),
+            # Dead-lettering keeps the headers: still the trace of the call that asked.
+            tracing.consuming(queue, delivery.operation_id, delivery.trace_context),
+        ):
+            reason = dead_letter_reason(self._settings.amqp_delivery_limit)
+            handled = await self._retrying(
                 lambda: self._executor.abandon(delivery.operation_id, reason)
             )
+        if handled:  # counted once, not once per redelivery of a message that failed
+            metrics.DEAD_LETTERED.inc()
+        return handled
 
     async def _retrying(self, step: Callable[[], Awaitable[None]]) -> bool:
         """Run ``step``, retrying transient errors for a while; False hands the message back."""
@@ -86,7 +100,13 @@ class WorkerPool:
         )
 
     async def sweep(self) -> None:
-        await requeue_abandoned(self._infra.postgres.outbox, self._settings.republish_after_seconds)
+        await requeue_abandoned(
+            self._infra.postgres.outbox,
+            self._infra.broker,
+            republish_after_seconds=self._settings.republish_after_seconds,
+            # Every worker process is taken to run with this process's prefetch.
+            prefetch=self._settings.worker_concurrency,
+        )
 
     async def purge_expired(self) -> None:
         await purge_expired(
@@ -114,16 +134,33 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    infra = await start_infrastructure(settings, broker_wait=STARTUP_DEADLINE_SECONDS)
+    infra = await start_infrastructure(settings, broker_wait=STARTUP_DEADLINE_SECONDS, stop=stop)
+    if infra is None:
+        log.info("workers.stopped", before_start=True)
+        return
+    metrics_server = start_metrics(infra, count_operations=True)
     pool = WorkerPool(infra, build_executor(infra))
     watch = ConsumerWatch(settings.consumer_watch_interval_seconds, settings.consumer_stall_seconds)
     broker = infra.broker
-    consumer = await broker.consume(
-        settings.amqp_queue, pool.execute_operation, settings.worker_concurrency, watch
+    # Consuming waits for the broker: a SIGTERM meanwhile ends the start-up.
+    consumers = await unless_stopped(
+        stop,
+        asyncio.gather(
+            broker.consume(
+                settings.amqp_queue, pool.execute_operation, settings.worker_concurrency, watch
+            ),
+            broker.consume(
+                dead_letter_queue(settings.amqp_queue), pool.abandon_dead_letter, 4, watch
+            ),
+        ),
     )
-    dead = await broker.consume(
-        dead_letter_queue(settings.amqp_queue), pool.abandon_dead_letter, 4, watch
-    )
+    if consumers is None:
+        await infra.close()
+        if metrics_server is not None:
+            metrics_server.stop()
+        log.info("workers.stopped", before_start=True)
+        return
+    consumer, dead = consumers
     supervisor = infra.supervisor
     supervisor.every("outbox", settings.outbox_interval_seconds, pool.relay_outbox)
     supervisor.every("sweeper", settings.sweep_interval_seconds, pool.sweep)
@@ -138,11 +175,17 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         await consumer.stop(settings.worker_grace_seconds)
         await dead.stop(settings.worker_grace_seconds)
         await infra.close()
+        if metrics_server is not None:
+            metrics_server.stop()
         log.info("workers.stopped")
 
 
-def main() -> None:
-    """``python -m workers``."""
-    settings = Settings()
+def main(settings: Settings | None = None) -> None:
+    """Run the worker process (``python -m workers``, via ``worker_cli``)."""
+    settings = settings or Settings()
     logs.configure(settings.log_level, component="workers")
-    run_loop(serve(settings), settings.event_loop)
+    tracing.configure(settings, component="workers")
+    try:
+        run_loop(serve(settings), settings.event_loop)
+    finally:
+        tracing.shutdown()

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line on stdout, with the bound request and operation IDs."""
+"""Structured logs on stdout, with the bound request and operation IDs: one JSON object per
+line, or, when stdout is a terminal (a person watching), readable ``key=value`` lines."""
 
 from __future__ import annotations
 
@@ -20,18 +21,28 @@ _SHARED: list[structlog.types.Processor] = [
 ]
 
 
+def _render() -> list[structlog.types.Processor]:
+    """The last processors: JSON lines for machines, coloured key=value lines in a terminal."""
+    if sys.stdout.isatty():
+        return [
+            # Plain tracebacks: the default (rich) one prints local variables.
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        ]
+    return [
+        _TRACEBACKS,
+        structlog.processors.EventRenamer("message"),
+        structlog.processors.JSONRenderer(),
+    ]
+
+
 def configure(level: str = "INFO", component: str = "api") -> None:
-    """Send our logs and the libraries' (stdlib logging) through one JSON renderer."""
+    """Send our logs and the libraries' (stdlib logging) through one renderer: JSON lines,
+    or key=value lines when stdout is a terminal."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
     structlog.configure(
-        processors=[
-            *_SHARED,
-            _TRACEBACKS,
-            structlog.processors.EventRenamer("message"),
-            structlog.processors.JSONRenderer(),
-        ],
+        processors=[*_SHARED, *_render()],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(sys.stdout),
         cache_logger_on_first_use=True,
@@ -44,9 +55,7 @@ def configure(level: str = "INFO", component: str = "api") -> None:
             foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                _TRACEBACKS,
-                structlog.processors.EventRenamer("message"),
-                structlog.processors.JSONRenderer(),
+                *_render(),
             ],
         )
     )

@@ -6,8 +6,9 @@ Use it around a block::
         with attempt:
             store = await connect(...)
 
-Every retry is counted by ``(name, cause)`` (``retry_counts()``) and logged as the warning
-``retry.scheduled``; both happen in ``_record_retry``, the one place to turn them into metrics.
+Every retry is counted by ``(name, cause)`` (``retry_counts()`` and the metric
+``image_service_retries_total``) and logged as the warning ``retry.scheduled``, all in
+``_record_retry``.
 
 Why the wrapper does the counting and not a stamina retry hook: stamina names every
 ``retry_context`` ``"<context block>"`` in the ``RetryDetails`` its hooks receive and has no
@@ -29,6 +30,7 @@ import stamina
 import structlog
 
 from service.domain.errors import ServiceError
+from service.runtime import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -70,9 +72,7 @@ def retrying(
 class Retrying:
     """The async iterable ``retrying()`` returns; one per retried block, iterate it once."""
 
-    def __init__(
-        self, name: str, attempts: AsyncIterable[stamina.Attempt], on: RetryOn
-    ) -> None:
+    def __init__(self, name: str, attempts: AsyncIterable[stamina.Attempt], on: RetryOn) -> None:
         self._name = name
         self._stamina = attempts
         self._on = on
@@ -180,6 +180,7 @@ def _record_retry(name: str, error: Exception, attempt: int, waited: float) -> N
     """Count and log one retry: the one place retries are observed."""
     cause = type(error).__name__
     _counts[(name, cause)] += 1
+    metrics.retried(name, cause)
     log.warning(
         "retry.scheduled",
         name=name,

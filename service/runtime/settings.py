@@ -22,9 +22,29 @@ class Settings(BaseSettings):
         description="PostgreSQL connection URL",
     )
     amqp_url: str = Field(
-        default="amqp://guest:guest@127.0.0.1:5672/", description="RabbitMQ connection URL"
+        default="amqp://guest:guest@127.0.0.1:5672/",
+        description=(
+            "RabbitMQ connection URL; for a cluster, the URLs of its nodes separated by commas:"
+            " the first that answers is used, and another when its node is lost"
+        ),
     )
     grpc_listen: str = Field(default="127.0.0.1:50051", description="host:port of the gRPC API")
+    http_listen: str = Field(
+        default="",
+        description=(
+            "host:port of the REST/JSON API and the operations console (/console), served by"
+            " the API process beside gRPC; empty: off (port 0 picks one, logged in http.started;"
+            " API_PROCESSES > 1 share a fixed port, and with 0 each picks its own)"
+        ),
+    )
+    public_endpoint: str = Field(
+        default="",
+        description=(
+            "host:port clients dial, announced by ApiEndpointService (endpoint discovery); "
+            "unset: GRPC_LISTEN's host and bound port, an unspecified host (0.0.0.0, [::]) "
+            "announced as localhost"
+        ),
+    )
 
     # Queue topology
     amqp_queue: str = Field(default="image-operations", description="queue of operation IDs")
@@ -33,9 +53,16 @@ class Settings(BaseSettings):
     )
 
     # Database
-    db_pool_min: int = Field(default=2, ge=1)
-    db_pool_max: int = Field(default=10, ge=1)
-    db_command_timeout_seconds: float = Field(default=30.0, gt=0)
+    db_pool_min: int = Field(default=2, ge=1, description="connections a process keeps open")
+    db_pool_max: int = Field(default=10, ge=1, description="connections a process may open")
+    db_command_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="limit of one database call"
+    )
+    startup_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="how long the API and the workers wait for the database at start-up",
+    )
 
     # API
     api_processes: int = Field(
@@ -57,13 +84,22 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(
         default=5.0, ge=0, description="a checked token is trusted this long (revocation delay)"
     )
-    grpc_max_message_bytes: int = Field(default=1024 * 1024, gt=0)
-    grpc_max_concurrent_rpcs: int = Field(default=1000, gt=0)
+    grpc_max_message_bytes: int = Field(
+        default=1024 * 1024, gt=0, description="largest request or response"
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        default=1000, gt=0, description="calls one API process serves at once"
+    )
+    http_max_concurrent_requests: int = Field(
+        default=1000, gt=0, description="REST requests one API process serves at once"
+    )
     rate_limit_per_second: float = Field(
         default=500.0, gt=0, description="calls per second per subject (token bucket refill)"
     )
     rate_limit_burst: int = Field(default=1000, gt=0, description="token bucket size")
-    max_unfinished_operations_per_folder: int = Field(default=1000, gt=0)
+    max_unfinished_operations_per_folder: int = Field(
+        default=1000, gt=0, description="unfinished operations one folder may have"
+    )
     download_allowed_networks: str = Field(
         default="",
         description="comma-separated CIDRs downloads may reach although private or local",
@@ -91,11 +127,15 @@ class Settings(BaseSettings):
     consumer_stall_seconds: float = Field(
         default=15.0, gt=0, description="ready messages unreceived this long: resubscribe"
     )
-    outbox_interval_seconds: float = Field(default=1.0, gt=0)
+    outbox_interval_seconds: float = Field(
+        default=1.0, gt=0, description="how often the relay looks for unpublished operations"
+    )
     outbox_grace_seconds: float = Field(
         default=2.0, ge=0, description="age of an unpublished operation before the relay sends it"
     )
-    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    sweep_interval_seconds: float = Field(
+        default=5.0, gt=0, description="how often the sweeper looks for abandoned operations"
+    )
     republish_after_seconds: float = Field(
         default=300.0, gt=0, description="an unfinished, unclaimed operation older is sent again"
     )
@@ -105,9 +145,15 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: float = Field(
         default=86400, gt=0, description="idempotency keys are kept at least this long"
     )
-    retention_interval_seconds: float = Field(default=600.0, gt=0)
-    download_timeout_seconds: float = Field(default=600.0, gt=0)
-    download_max_bytes: int = Field(default=64 * 1024**3, gt=0)
+    retention_interval_seconds: float = Field(
+        default=600.0, gt=0, description="how often expired operations and keys are removed"
+    )
+    download_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="limit of one image download"
+    )
+    download_max_bytes: int = Field(
+        default=64 * 1024**3, gt=0, description="largest image accepted (bytes)"
+    )
     download_stall_seconds: float = Field(
         default=60.0, gt=0, description="a source silent this long is treated as unreachable"
     )
@@ -119,11 +165,43 @@ class Settings(BaseSettings):
         default="", description="if set, workers touch this file while their dependencies work"
     )
 
+    # Observability
+    metrics_listen: str = Field(
+        default="",
+        description=(
+            "host:port of the Prometheus /metrics endpoint (empty: metrics off; port 0 picks"
+            " a free port, logged in metrics.started); with API_PROCESSES > 1 the parent serves"
+            " the sum of its children"
+        ),
+    )
+    metrics_refresh_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="how often the sampled gauges (pool in use, unfinished operations) refresh",
+    )
+    otel_exporter_otlp_endpoint: str = Field(
+        default="",
+        description="OTLP collector URL for OpenTelemetry traces (empty: tracing off)",
+    )
+    otel_exporter_otlp_protocol: Literal["http/protobuf", "grpc"] = Field(
+        default="http/protobuf", description="how traces are sent to the OTLP endpoint"
+    )
+    otel_service_name: str = Field(
+        default="",
+        description="service.name of the traces (empty: baremetal-image-api / -workers)",
+    )
+
     event_loop: Literal["asyncio", "uvloop"] = Field(
         default="uvloop", description="the event loop of the API and worker processes"
     )
 
-    log_level: str = Field(default="INFO")
+    log_level: str = Field(
+        default="INFO",
+        description=(
+            "DEBUG, INFO, WARNING or ERROR; DEBUG also shows tracebacks of expected failures."
+            " Logs are JSON lines, or key=value lines when stdout is a terminal"
+        ),
+    )
 
     @model_validator(mode="after")
     def _networks_parse(self) -> Settings:
@@ -133,9 +211,33 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _public_endpoint_is_dialable(self) -> Settings:
+        from service.domain.endpoints import check_public_endpoint
+
+        if self.public_endpoint:
+            check_public_endpoint(self.public_endpoint)  # ValueError says what is wrong
+        return self
+
+    @model_validator(mode="after")
     def _shared_port_is_fixed(self) -> Settings:
         if self.api_processes > 1 and self.grpc_listen.rsplit(":", 1)[-1] == "0":
             raise ValueError("API_PROCESSES > 1 needs a fixed port in GRPC_LISTEN, not 0")
+        return self
+
+    @model_validator(mode="after")
+    def _http_listen_is_host_port(self) -> Settings:
+        if self.http_listen:
+            _, colon, port = self.http_listen.rpartition(":")
+            if not colon or not port.isdigit() or int(port) > 65535:
+                raise ValueError(f"HTTP_LISTEN must be host:port, not {self.http_listen!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_listen_is_host_port(self) -> Settings:
+        if self.metrics_listen:
+            from service.runtime.exposition import parse_listen
+
+            parse_listen(self.metrics_listen)  # ValueError says what is wrong
         return self
 
     @model_validator(mode="after")

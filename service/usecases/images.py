@@ -37,6 +37,7 @@ from service.domain.validation import (
     validate_image_id,
     validate_new_image,
 )
+from service.runtime import metrics, tracing
 from service.runtime.batching import MicroBatcher
 from service.usecases.outbox import PublishedMarks
 from service.usecases.ports import Accepted, Accepts, NewUpdate, Publisher, Reads
@@ -96,7 +97,9 @@ class Images:
         # largest images still fits in a message (the rest comes with next_page_token).
         self._page_bytes = page_bytes
         # Updates without an idempotency key arriving together are accepted together.
-        self._updates = MicroBatcher(accepts.begin_updates, max_batch=256, max_in_flight=2)
+        self._updates = MicroBatcher(
+            accepts.begin_updates, max_batch=256, max_in_flight=2, name="accept_updates"
+        )
 
     async def create_image(
         self, request: NewImage, caller: Principal, idempotency: IdempotencyKey | None = None
@@ -140,7 +143,9 @@ class Images:
         operation = new_operation(OperationKind.UPDATE_IMAGE, image_id, "", caller.subject)
         folders = caller.folder_filter()
         if idempotency is None:
-            together = await self._updates.submit(NewUpdate(operation, change, folders))
+            # The batch is written by another task: the call's trace context goes with it.
+            new = NewUpdate(operation, change, folders, tracing.traceparent())
+            together = await self._updates.submit(new)
             if together is not None:
                 return await self._enqueue(Accepted(together), caller)
         # Keyed, or not accepted in the batch: alone, in a transaction that accepts it or
@@ -170,6 +175,8 @@ class Images:
             return operation
         # Bound for the rest of the call: its access log line (rpc.done) names the operation.
         structlog.contextvars.bind_contextvars(operation_id=operation.id)
+        tracing.set_attribute("image.operation.id", operation.id)
+        metrics.operation_accepted(operation.kind.value)
         try:
             await self._publisher.publish(operation.id, self._publish_timeout)
             self._marks.add(operation.id)

@@ -13,6 +13,7 @@ from service.domain.auth import Principal
 from service.domain.errors import Code, NotFound
 from service.domain.model import Operation, OperationError, utcnow
 from service.domain.validation import validate_operation_id
+from service.runtime import metrics
 from service.runtime.batching import MicroBatcher
 from service.runtime.lru import Lru
 from service.runtime.waiters import OperationWaiters
@@ -40,9 +41,14 @@ class FinishedOperations:
 
     def get(self, operation_id: str) -> tuple[Operation, bytes] | None:
         entry = self._items.get(operation_id)
-        if entry is not None and utcnow() - entry[0].modified_at > self._retention:
-            self._items.pop(operation_id)
+        if entry is None:
+            metrics.CACHE_MISS.inc()
             return None
+        if utcnow() - entry[0].modified_at > self._retention:
+            self._items.pop(operation_id)
+            metrics.CACHE_MISS.inc()
+            return None
+        metrics.CACHE_HIT.inc()
         return entry
 
     def put(self, operation: Operation) -> tuple[Operation, bytes]:
@@ -77,7 +83,9 @@ class Operations:
         self._waiters = waiters
         self._finished = FinishedOperations(cache_size, encode, retention_seconds)
         # Polls of unfinished operations arriving together are read together.
-        self._reads = MicroBatcher(reads.get_operations, max_batch=512, max_in_flight=2)
+        self._reads = MicroBatcher(
+            reads.get_operations, max_batch=512, max_in_flight=2, name="read_operations"
+        )
 
     async def get_operation(self, operation_id: str, caller: Principal) -> Operation:
         return (await self.get_operation_encoded(operation_id, caller))[0]

@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
 from service.domain.auth import StoredToken
 from service.domain.listing import ImageQuery, OperationQuery
@@ -36,11 +37,14 @@ class Accepted:
 
 @dataclass(frozen=True)
 class NewUpdate:
-    """An Update to accept: its new operation, the change, and the caller's folder filter."""
+    """An Update to accept: its new operation, the change, the caller's folder filter, and the
+    call's W3C trace context (``traceparent``; ``None`` while tracing is off), kept with the
+    operation."""
 
     operation: Operation
     change: ImageChange
     folders: list[str] | None
+    trace_context: str | None = None
 
 
 class Accepts(Protocol):
@@ -90,6 +94,18 @@ class Reads(Protocol):
     async def get_operations(self, operation_ids: Sequence[str]) -> list[Operation | None]:
         """Several operations in one read, in the order asked (``None``: no such one)."""
         ...
+
+    async def recent_operations(self, folder_id: str, limit: int) -> list[RecentOperation]:
+        """A folder's latest ``limit`` operations, newest first (the operations console)."""
+        ...
+
+
+@dataclass(frozen=True)
+class RecentOperation:
+    """An operation with how often a worker claimed it: claimed and unfinished is running."""
+
+    operation: Operation
+    attempts: int
 
 
 class OperationTransaction(Protocol):
@@ -150,29 +166,62 @@ class Operations(Protocol):
     async def release_lease(self, claim: ClaimedOperation) -> None: ...
 
 
-class UnpublishedBatch(Protocol):
-    operation_ids: list[str]
+@dataclass(frozen=True)
+class Unpublished:
+    """An operation a relay claimed to send, with the W3C trace context (``traceparent``) it
+    was accepted in (``None`` while tracing was off)."""
 
-    async def mark_published(self, operation_ids: Sequence[str]) -> None: ...
+    operation_id: str
+    trace_context: str | None = None
 
 
 class Outbox(Protocol):
-    """The operations table seen as the outbox of messages to the workers."""
+    """The operations table seen as the outbox of messages to the workers.
+
+    Every statement here locks rows without waiting for them (``SKIP LOCKED``), or one at a
+    time, so none of them takes part in a deadlock.
+    """
 
     async def mark_published(self, operation_ids: Sequence[str]) -> None:
-        """Record confirmed publishes of unfinished operations."""
+        """Record confirmed publishes of unfinished operations (one held by another
+        transaction is left unmarked: at worst the relay sends it once more)."""
         ...
 
-    def unpublished(
-        self, older_than_seconds: float, limit: int
-    ) -> AbstractAsyncContextManager[UnpublishedBatch]:
-        """Unfinished operations whose publish was never confirmed, oldest first, held so
-        that no other relay sends them meanwhile."""
+    async def claim_unpublished(
+        self, older_than_seconds: float, limit: int, claim_seconds: float
+    ) -> list[Unpublished]:
+        """Unfinished operations whose publish was never confirmed, oldest first, that no
+        other relay has claimed; claimed for ``claim_seconds`` (committed at once), so that
+        no other relay sends them meanwhile."""
         ...
 
-    async def requeue_abandoned(self, republish_after_seconds: float) -> list[str]:
-        """Mark unpublished what a dead worker held (lease expired) or a lost message
-        carried (published long ago, never claimed), for the relay to send again."""
+    async def release_claims(self, operation_ids: Sequence[str]) -> None:
+        """Give claimed operations back before their claim runs out (they were not sent)."""
+        ...
+
+    async def requeue_expired_leases(self) -> list[str]:
+        """Mark unpublished, for the relay to send again, what a dead worker held (its lease
+        ran out)."""
+        ...
+
+    async def requeue_unclaimed(self, published_before_seconds: float, keep: int) -> list[str]:
+        """Of the unfinished operations published more than ``published_before_seconds``
+        ago and never claimed, mark all but ``keep`` unpublished (the oldest first), for the
+        relay to send again."""
+        ...
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """The operation queue as the broker sees it."""
+
+    ready: int  # messages waiting for a consumer
+    consumers: int  # consumers subscribed to it
+
+
+class MessageQueue(Protocol):
+    async def queue_depth(self) -> QueueDepth:
+        """The operation queue's depth now; ``Unavailable`` when the broker cannot say."""
         ...
 
 
@@ -215,3 +264,105 @@ class Downloader(Protocol):
 
 class Pingable(Protocol):
     async def ping(self) -> None: ...
+
+
+class Schema(Protocol):
+    """The database's schema as the migration tool records it."""
+
+    def shipped_migrations(self) -> Sequence[str]:
+        """IDs of the migrations this version ships, in order."""
+        ...
+
+    async def applied_migrations(self) -> frozenset[str] | None:
+        """IDs of the applied migrations; ``None`` when the database has no migration table."""
+        ...
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """What an operator may see of a stored token: never its secret or hash."""
+
+    id: str
+    subject: str
+    role: str
+    folders: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    """An operation as the operator's commands show it: its progress through the pipeline
+    (published, claimed, leased) and its image's status."""
+
+    id: str
+    kind: str
+    image_id: str
+    folder_id: str
+    created_at: datetime
+    modified_at: datetime
+    done: bool
+    attempts: int
+    published_at: datetime | None
+    lease_until: datetime | None
+    error_code: int | None
+    error_message: str | None
+    image_status: int | None  # None: the image is gone
+
+
+class OpsQueries(Protocol):
+    """The operator's read-only questions to the database."""
+
+    async def list_tokens(self) -> list[TokenRecord]: ...
+
+    async def unfinished_operations(
+        self, older_than_seconds: float, limit: int
+    ) -> list[OperationRecord]:
+        """Unfinished operations created more than ``older_than_seconds`` ago, oldest first."""
+        ...
+
+    async def operation_records(self, operation_ids: Sequence[str]) -> dict[str, OperationRecord]:
+        """The operations of these IDs that exist."""
+        ...
+
+    async def operations_ended_with(
+        self, message_pattern: str, since_seconds: float, limit: int
+    ) -> list[OperationRecord]:
+        """Operations finished in the last ``since_seconds`` with an error message matching
+        the SQL LIKE ``message_pattern``, newest first."""
+        ...
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What a look at one queue found: whether it exists as expected, and its counts."""
+
+    name: str
+    exists: bool
+    matches: bool  # declared with the expected arguments
+    detail: str  # the broker's words when it does not match
+    messages: int
+    consumers: int
+
+
+@dataclass(frozen=True)
+class PeekedMessage:
+    """A message looked at and put back: the operation it names, how often it was delivered,
+    and why it was dead-lettered (``""`` if the broker did not say)."""
+
+    operation_id: str
+    delivery_count: int
+    death_reason: str
+
+
+class QueueInspector(Protocol):
+    """Looks at queues without changing them."""
+
+    async def queue_state(self, queue: str, arguments: dict[str, Any]) -> QueueState:
+        """Whether ``queue`` exists with these arguments; never creates it."""
+        ...
+
+    async def peek(self, queue: str, limit: int) -> list[PeekedMessage]:
+        """Up to ``limit`` messages at the head of ``queue``, all left in it."""
+        ...

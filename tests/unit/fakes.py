@@ -48,7 +48,14 @@ from service.domain.model import (
     utcnow,
 )
 from service.domain.rules import ensure_deletable, ensure_updatable, ensure_within_quota
-from service.usecases.ports import Accepted, Downloaded, NewUpdate
+from service.usecases.ports import (
+    Accepted,
+    Downloaded,
+    NewUpdate,
+    QueueDepth,
+    RecentOperation,
+    Unpublished,
+)
 
 FOLDER = "fld-a"
 OTHER_FOLDER = "fld-b"
@@ -79,6 +86,7 @@ class OperationRow:
     attempts: int = 0
     lease_until: datetime | None = None
     published_at: datetime | None = None
+    relay_claimed_until: datetime | None = None
 
     def claim(self) -> ClaimedOperation:
         op = self.operation
@@ -201,7 +209,6 @@ class FakeStore:
         self.decline_updates = False
         self.failing_marks = 0
         self._lock = asyncio.Lock()
-        self._held: set[str] = set()
 
     # --- time and test set-up ---------------------------------------------------------------
 
@@ -300,8 +307,8 @@ class FakeStore:
         self.calls["insert_create"] += 1
 
         def insert(state: State) -> Operation:
-            state.ensure_within_quota(image.folder_id, self.max_unfinished_per_folder)
             state.ensure_name_free(image.folder_id, image.name, image.id)
+            state.ensure_within_quota(image.folder_id, self.max_unfinished_per_folder)
             state.images[image.id] = image
             return self._insert_operation(state, operation, {"uri": request.uri})
 
@@ -460,6 +467,12 @@ class FakeStore:
         rows = [self.state.operations.get(operation_id) for operation_id in operation_ids]
         return [None if row is None else row.operation for row in rows]
 
+    async def recent_operations(self, folder_id: str, limit: int) -> list[RecentOperation]:
+        self.calls["recent_operations"] += 1
+        rows = [r for r in self.state.operations.values() if r.operation.folder_id == folder_id]
+        rows.sort(key=lambda r: (r.operation.created_at, r.operation.id), reverse=True)
+        return [RecentOperation(row.operation, row.attempts) for row in rows[:limit]]
+
     # --- Operations -------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -561,49 +574,76 @@ class FakeStore:
         async with self._lock:
             self.state.mark_published(operation_ids, self.stamp())
 
-    @contextlib.asynccontextmanager
-    async def unpublished(
-        self, older_than_seconds: float, limit: int
-    ) -> AsyncIterator[FakeUnpublished]:
-        """Oldest first, skipping what another batch holds; marks take effect at the end."""
-        self.calls["unpublished"] += 1
-        cutoff = self.now - timedelta(seconds=older_than_seconds)
-        rows = sorted(
-            (
-                row
-                for row in self.state.operations.values()
-                if row.published_at is None
-                and not row.operation.done
-                and row.operation.created_at < cutoff
-                and row.operation.id not in self._held
-            ),
-            key=lambda row: row.operation.created_at,
-        )
-        batch = FakeUnpublished([row.operation.id for row in rows[:limit]])
-        self._held.update(batch.operation_ids)
-        try:
-            yield batch
-            async with self._lock:
-                self.state.mark_published(batch.marked, self.stamp())
-        finally:
-            self._held.difference_update(batch.operation_ids)
-
-    async def requeue_abandoned(self, republish_after_seconds: float) -> list[str]:
-        self.calls["requeue_abandoned"] += 1
+    async def claim_unpublished(
+        self, older_than_seconds: float, limit: int, claim_seconds: float
+    ) -> list[Unpublished]:
+        """Oldest first, skipping what another relay's claim holds; claimed at once."""
+        self.calls["claim_unpublished"] += 1
         async with self._lock:
-            cutoff = self.now - timedelta(seconds=republish_after_seconds)
-            requeued = [
+            cutoff = self.now - timedelta(seconds=older_than_seconds)
+            rows = sorted(
+                (
+                    row
+                    for row in self.state.operations.values()
+                    if row.published_at is None
+                    and not row.operation.done
+                    and row.operation.created_at < cutoff
+                    and (row.relay_claimed_until is None or row.relay_claimed_until < self.now)
+                ),
+                key=lambda row: row.operation.created_at,
+            )[:limit]
+            until = self.now + timedelta(seconds=claim_seconds)
+            for row in rows:
+                self.state.operations[row.operation.id] = replace(row, relay_claimed_until=until)
+            return [Unpublished(row.operation.id) for row in rows]
+
+    async def release_claims(self, operation_ids: Sequence[str]) -> None:
+        self.calls["release_claims"] += 1
+        async with self._lock:
+            for operation_id in operation_ids:
+                row = self.state.operations.get(operation_id)
+                if row is not None and row.published_at is None:
+                    self.state.operations[operation_id] = replace(row, relay_claimed_until=None)
+
+    async def requeue_expired_leases(self) -> list[str]:
+        self.calls["requeue_expired_leases"] += 1
+        async with self._lock:
+            expired = [
                 operation_id
                 for operation_id, row in self.state.operations.items()
-                if not row.operation.done and _abandoned(row, self.now, cutoff)
+                if not row.operation.done
+                and row.lease_until is not None
+                and row.lease_until < self.now
             ]
-            for operation_id in requeued:
-                row = self.state.operations[operation_id]
-                touched = replace(row.operation, modified_at=self.stamp())
-                self.state.operations[operation_id] = replace(
-                    row, operation=touched, published_at=None, lease_until=None
-                )
-            return requeued
+            return self._requeue(expired)
+
+    async def requeue_unclaimed(self, published_before_seconds: float, keep: int) -> list[str]:
+        """All but the newest ``keep`` of those published long ago and never claimed."""
+        self.calls["requeue_unclaimed"] += 1
+        async with self._lock:
+            cutoff = self.now - timedelta(seconds=published_before_seconds)
+            unclaimed = sorted(
+                (row.published_at, operation_id)
+                for operation_id, row in self.state.operations.items()
+                if not row.operation.done
+                and row.lease_until is None
+                and row.published_at is not None
+                and row.published_at < cutoff
+            )
+            return self._requeue([i for _, i in unclaimed[: max(len(unclaimed) - keep, 0)]])
+
+    def _requeue(self, operation_ids: list[str]) -> list[str]:
+        for operation_id in operation_ids:
+            row = self.state.operations[operation_id]
+            touched = replace(row.operation, modified_at=self.stamp())
+            self.state.operations[operation_id] = replace(
+                row,
+                operation=touched,
+                published_at=None,
+                lease_until=None,
+                relay_claimed_until=None,
+            )
+        return operation_ids
 
     # --- Retention --------------------------------------------------------------------------
 
@@ -649,13 +689,6 @@ class FakeStore:
     async def find_token(self, token_id: str) -> StoredToken | None:
         self.calls["find_token"] += 1
         return self.tokens.get(token_id)
-
-
-def _abandoned(row: OperationRow, now: datetime, published_before: datetime) -> bool:
-    """A dead worker's expired lease, or a message published long ago and never claimed."""
-    if row.lease_until is not None:
-        return row.lease_until < now
-    return row.published_at is not None and row.published_at < published_before
 
 
 class FakeTransaction:
@@ -717,17 +750,6 @@ class FakeTransaction:
         self.state.finish(operation_id, self.store.stamp(), None, None)
 
 
-class FakeUnpublished:
-    """``UnpublishedBatch``: the IDs handed out, and those marked (applied at commit)."""
-
-    def __init__(self, operation_ids: list[str]) -> None:
-        self.operation_ids = operation_ids
-        self.marked: list[str] = []
-
-    async def mark_published(self, operation_ids: Sequence[str]) -> None:
-        self.marked.extend(operation_ids)
-
-
 # --- the broker, the downloads, the database's ping -----------------------------------------
 
 
@@ -751,6 +773,19 @@ class FakePublisher:
 
     def is_healthy(self) -> bool:
         return self.healthy
+
+
+class FakeQueue:
+    """``MessageQueue``: answers ``depth``, or raises ``Unavailable`` while ``depth`` is
+    ``None``."""
+
+    def __init__(self, ready: int = 0, consumers: int = 0) -> None:
+        self.depth: QueueDepth | None = QueueDepth(ready, consumers)
+
+    async def queue_depth(self) -> QueueDepth:
+        if self.depth is None:
+            raise Unavailable("broker unreachable")
+        return self.depth
 
 
 class FakeDownloader:

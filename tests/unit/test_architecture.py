@@ -28,7 +28,14 @@ LAYERS = (
     "service.entrypoints",
 )
 # The API side: what the worker process must never load.
-API_SIDE = ("service.entrypoints.grpc", "grpc", "grpc_health", "grpc_reflection", "grpc_status")
+API_SIDE = (
+    "service.entrypoints.grpc",
+    "service.entrypoints.http",
+    "grpc",
+    "grpc_health",
+    "grpc_reflection",
+    "grpc_status",
+)
 
 
 def _module_name(path: Path) -> str:

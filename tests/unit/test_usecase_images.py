@@ -146,8 +146,8 @@ async def test_a_create_accepted_while_the_broker_is_down_is_kept_for_the_relay(
     assert publisher.published == []
     assert store.row(operation.id).published_at is None
     store.advance(1)
-    async with store.unpublished(older_than_seconds=0.5, limit=10) as pending:
-        assert pending.operation_ids == [operation.id]
+    pending = await store.claim_unpublished(older_than_seconds=0.5, limit=10, claim_seconds=30)
+    assert [p.operation_id for p in pending] == [operation.id]
 
 
 async def test_create_with_a_name_taken_in_the_folder_is_already_exists(

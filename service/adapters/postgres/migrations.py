@@ -23,6 +23,8 @@ import structlog
 from psycopg import errors, sql
 from yoyo import get_backend, read_migrations
 
+from service.domain.setup import Unreachable
+
 _SHIPPED_IN = "service.adapters.postgres"
 _SHIPPED_FOLDER = "schema_migrations"
 
@@ -104,11 +106,18 @@ def migrate(database_url: str, migrations_dir: Path | None = None) -> list[str]:
         migrations = read_migrations(glob.escape(str(migrations_dir)))
         if not migrations:
             raise MigrationsNotFoundError([migrations_dir])
-        ensure_database(database_url)
-        backend = get_backend(_yoyo_url(database_url))
-        with backend.lock():
-            pending = backend.to_apply(migrations)
-            backend.apply_migrations(pending)
+        try:
+            ensure_database(database_url)
+            backend = get_backend(_yoyo_url(database_url))
+            with backend.lock():
+                pending = backend.to_apply(migrations)
+                backend.apply_migrations(pending)
+        except psycopg.OperationalError as exc:
+            # psycopg's message names the server and the reason, never the password.
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise Unreachable(
+                f"cannot migrate: {reason}; check DATABASE_URL and that PostgreSQL is running"
+            ) from exc
     applied = [m.id for m in pending]
     log.info(
         "migrations.applied", applied=applied, total=len(migrations), directory=str(migrations_dir)

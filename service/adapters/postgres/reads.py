@@ -14,6 +14,7 @@ from service.adapters.postgres.rows import (
 )
 from service.domain.listing import ImageQuery, OperationQuery, Operator
 from service.domain.model import Image, Operation
+from service.usecases.ports import RecentOperation
 
 _FILTER_COLUMNS = {"id": "id", "name": "name"}
 # Sort columns unique within a folder need no ID tie-break in the keyset comparison.
@@ -103,3 +104,18 @@ class PostgresReads:
             )
         found = {row["id"]: operation_from_row(row) for row in rows}
         return [found.get(operation_id) for operation_id in operation_ids]
+
+    async def recent_operations(self, folder_id: str, limit: int) -> list[RecentOperation]:
+        """A folder's latest operations, newest first, with their claim counts.
+
+        For the operations console of a small deployment: no index serves this order within
+        a folder, so it reads the folder's operations (retention bounds them).
+        """
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {OPERATION_COLUMNS}, attempts FROM operations WHERE folder_id = $1"
+                " ORDER BY created_at DESC, id DESC LIMIT $2",
+                folder_id,
+                limit,
+            )
+        return [RecentOperation(operation_from_row(row), row["attempts"]) for row in rows]

@@ -27,7 +27,7 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from service.domain.auth import Principal
+from service.domain.auth import Principal, Role
 from service.domain.errors import (
     FieldViolation,
     InvalidArgument,
@@ -35,6 +35,9 @@ from service.domain.errors import (
     ServiceError,
 )
 from service.entrypoints.grpc.convert import pack
+from service.entrypoints.grpc.traced import traced
+from service.runtime import tracing
+from service.runtime.metrics import call_metrics
 from service.runtime.ratelimit import RateLimiter
 from service.usecases.auth import Authenticator
 
@@ -46,6 +49,18 @@ _CALLER: contextvars.ContextVar[Principal] = contextvars.ContextVar("caller")
 # at high volume, and a line per poll would cost more than the poll. Failed calls and every
 # call that changes something are logged at INFO.
 READ_METHODS = frozenset({"Get", "List", "ListOperations", "GetOperation", "WaitOperation"})
+# The only methods answered without a token, by full name. Endpoint discovery: the official
+# SDKs and the CLI call it before they have credentials, and the public API answers it
+# unauthenticated too. tests/e2e/test_api_endpoints.py calls every other method without one.
+PUBLIC_METHODS = frozenset(
+    {
+        "/yandex.cloud.endpoint.ApiEndpointService/Get",
+        "/yandex.cloud.endpoint.ApiEndpointService/List",
+    }
+)
+# The caller of a public method: a viewer of no folder, so it could read nothing even if a
+# public method asked. Public calls share its rate-limit bucket.
+ANONYMOUS = Principal(subject="(anonymous)", role=Role.VIEWER, folders=frozenset())
 # The longest authorization header read; anything longer is not a token of ours.
 MAX_AUTHORIZATION_LENGTH = 4096
 MAX_CLIENT_ID_LENGTH = 128
@@ -104,6 +119,8 @@ def _decode(deserializer: Callable[[bytes], Any] | None, raw: Any) -> Any:
         return raw
     try:
         return deserializer(raw)
+    except ServiceError:
+        raise  # a decoder that names the offending field itself (the REST transcoder)
     except Exception as exc:  # whatever a generated parser raises for malformed input
         raise InvalidArgument(
             [FieldViolation("request", "is not a valid encoding of the method's request")]
@@ -124,12 +141,27 @@ def _passing_bytes(serializer: Serializer | None) -> Serializer | None:
     return serialize
 
 
-class CallHandling:
-    """Wraps the API's method handlers in what every call goes through."""
+def _not_started() -> None:
+    """Counting calls is off (``METRICS_LISTEN`` empty)."""
 
-    def __init__(self, authenticator: Authenticator, limiter: RateLimiter) -> None:
+
+def _not_handled(code: str, seconds: float) -> None:
+    """Counting calls is off (``METRICS_LISTEN`` empty)."""
+
+
+class CallHandling:
+    """Wraps the API's method handlers in what every call goes through.
+
+    ``metered``: each call is counted in the gRPC server metrics (``runtime/metrics``). With
+    tracing on (at start-up), each handler runs in a server span (``traced``).
+    """
+
+    def __init__(
+        self, authenticator: Authenticator, limiter: RateLimiter, *, metered: bool = False
+    ) -> None:
         self._authenticator = authenticator
         self._limiter = limiter
+        self._metered = metered
 
     def add_services(
         self, server: grpc.aio.Server, services: Iterable[tuple[AddServicer, object]]
@@ -159,8 +191,14 @@ class CallHandling:
             # Every API method is unary; any other kind would need its own frame.
             raise ValueError(f"{method} is not a unary method")
         behavior = cast(Behavior, handler.unary_unary)
+        if tracing.enabled():
+            behavior = traced(method, behavior)
+        # The metric children of this method, looked up once here rather than on each call.
+        count_started, count_handled = (
+            call_metrics(method) if self._metered else (_not_started, _not_handled)
+        )
         deserializer = handler.request_deserializer
-        authenticate = self._authenticator.authenticate
+        authenticate = _anonymous if method in PUBLIC_METHODS else self._authenticator.authenticate
         acquire = self._limiter.acquire
         ok_level = logging.DEBUG if method.rsplit("/", 1)[-1] in READ_METHODS else logging.INFO
         bind = structlog.contextvars.bind_contextvars
@@ -168,6 +206,7 @@ class CallHandling:
         async def call(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             request_id = str(uuid.uuid4())
             started = time.perf_counter()
+            count_started()
             authorization = client_request_id = trace_id = ""
             # Keys without the -bin suffix carry text.
             for key, value in cast(_Metadata, context.invocation_metadata() or ()):
@@ -208,15 +247,20 @@ class CallHandling:
                 )
                 await context.abort_with_status(rpc_status.to_status(internal))
             finally:
-                log.log(
-                    level, "rpc.done", code=code, ms=round((time.perf_counter() - started) * 1e3, 2)
-                )
+                seconds = time.perf_counter() - started
+                count_handled(code, seconds)
+                log.log(level, "rpc.done", code=code, ms=round(seconds * 1e3, 2))
 
         return grpc.unary_unary_rpc_method_handler(
             call,
             request_deserializer=None,  # decoded in ``call``: bad bytes get a precise error
             response_serializer=_passing_bytes(handler.response_serializer),
         )
+
+
+async def _anonymous(authorization: str) -> Principal:
+    """Authentication of a public method: any ``authorization`` sent is ignored."""
+    return ANONYMOUS
 
 
 class _Captured:

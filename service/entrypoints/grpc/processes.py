@@ -4,6 +4,11 @@ Each child is a whole API (event loop, pools, server) bound to the same port wit
 SO_REUSEPORT, so the kernel spreads incoming connections over them. The parent only forwards
 SIGTERM/SIGINT and waits: each child drains on its own. If one child dies, the others are
 stopped too and the parent exits with its code, for the supervisor to restart the lot.
+
+With ``METRICS_LISTEN`` set, the parent also serves the metrics: the children write theirs to
+a directory the parent names in ``PROMETHEUS_MULTIPROC_DIR`` before starting them, and one
+endpoint shows their sum (``service.runtime.exposition``). Prometheus scrapes one target per
+host, whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -14,17 +19,38 @@ import os
 import signal
 from types import FrameType
 
+from service.runtime.settings import Settings
 
-def _child() -> None:
+
+def _child(metrics_served_by_parent: bool) -> None:
     from service.entrypoints.grpc.server import serve_api
-    from service.runtime.settings import Settings
 
-    serve_api(Settings())
+    serve_api(Settings(), metrics_served_by_parent=metrics_served_by_parent)
 
 
-def run_processes(count: int) -> int:
+def run_processes(count: int, settings: Settings) -> int:
+    """Run ``count`` API processes until they end; the exit code of the first that failed."""
+    if not settings.metrics_listen:
+        return _run_children(count, metrics_served_by_parent=False)
+    from service.runtime import logs
+    from service.runtime.exposition import shared_metrics_dir, start_metrics_server
+
+    logs.configure(settings.log_level, component="api")
+    # Named in the environment before the children start: they inherit it.
+    with shared_metrics_dir() as directory:
+        server = start_metrics_server(settings.metrics_listen, multiprocess_dir=directory)
+        try:
+            return _run_children(count, metrics_served_by_parent=True)
+        finally:
+            server.stop()
+
+
+def _run_children(count: int, *, metrics_served_by_parent: bool) -> int:
     context = multiprocessing.get_context("spawn")
-    children = [context.Process(target=_child, name=f"api-{n}") for n in range(count)]
+    children = [
+        context.Process(target=_child, args=(metrics_served_by_parent,), name=f"api-{n}")
+        for n in range(count)
+    ]
     for child in children:
         child.start()
 

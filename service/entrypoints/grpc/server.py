@@ -14,19 +14,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from service.bootstrap import Api, Infrastructure, build_api, start_infrastructure
+from service.bootstrap import Api, Infrastructure, build_api, start_infrastructure, start_metrics
+from service.domain.endpoints import announced_endpoints, is_unspecified, public_address
 from service.entrypoints.grpc.calls import CallHandling
 from service.entrypoints.grpc.convert import encode_operation
+from service.entrypoints.grpc.endpoints import ApiEndpointService
 from service.entrypoints.grpc.servicers import (
     ImageService,
     LongRunningOperations,
     OperationService,
 )
-from service.runtime import logs
+from service.entrypoints.http.server import start_http
+from service.runtime import logs, tracing
 from service.runtime.loop import run_loop
 from service.runtime.settings import Settings
 from service.usecases.health import dependencies_ok
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
+from yandex.cloud.endpoint import api_endpoint_service_pb2, api_endpoint_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -35,6 +39,7 @@ SERVICE_NAMES = (
     image_service_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
     operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"].full_name,
     operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
+    api_endpoint_service_pb2.DESCRIPTOR.services_by_name["ApiEndpointService"].full_name,
 )
 # Serving before the broker is reached is safe (the outbox holds what cannot be sent), but a
 # normal start should publish directly: give the connection a moment.
@@ -56,17 +61,25 @@ def _listen(server: grpc.aio.Server, settings: Settings) -> int:
     return server.add_insecure_port(settings.grpc_listen)
 
 
-def _grpc_server(settings: Settings, api: Api) -> grpc.aio.Server:
+def _grpc_server(settings: Settings, api: Api) -> tuple[grpc.aio.Server, int]:
+    """The server with every API service, its port bound (returned: ``:0`` picks one)."""
     server = grpc.aio.server(
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         options=[
-            # Several API processes may listen on one port; the kernel spreads connections.
-            ("grpc.so_reuseport", 1),
+            # Several API processes (API_PROCESSES) listen on one port; the kernel spreads
+            # connections. Only then: a lone API must not share its port with a stale one.
+            ("grpc.so_reuseport", int(settings.api_processes > 1)),
             ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
             ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ],
     )
-    CallHandling(api.authenticator, api.limiter).add_services(
+    # Bound before the services are added: endpoint discovery announces the bound port.
+    port = _listen(server, settings)
+    if port == 0:
+        raise SystemExit(f"cannot listen on {settings.grpc_listen}")
+    address = public_address(settings.public_endpoint, settings.grpc_listen, port)
+    calls = CallHandling(api.authenticator, api.limiter, metered=bool(settings.metrics_listen))
+    calls.add_services(
         server,
         (
             (image_service_pb2_grpc.add_ImageServiceServicer_to_server, ImageService(api.images)),
@@ -78,9 +91,13 @@ def _grpc_server(settings: Settings, api: Api) -> grpc.aio.Server:
                 operations_pb2_grpc.add_OperationsServicer_to_server,
                 LongRunningOperations(api.operations),
             ),
+            (
+                api_endpoint_service_pb2_grpc.add_ApiEndpointServiceServicer_to_server,
+                ApiEndpointService(announced_endpoints(address)),
+            ),
         ),
     )
-    return server
+    return server, port
 
 
 def _report_health(health: HealthServicer, infra: Infrastructure, interval: float) -> None:
@@ -108,17 +125,25 @@ def _report_health(health: HealthServicer, infra: Infrastructure, interval: floa
     infra.supervisor.every("health", interval, check)
 
 
-async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run the API until SIGTERM/SIGINT (or ``stop``), then drain and return."""
+async def serve(
+    settings: Settings, stop: asyncio.Event | None = None, *, serve_metrics: bool = True
+) -> None:
+    """Run the API until SIGTERM/SIGINT (or ``stop``), then drain and return.
+
+    ``serve_metrics`` False: the metrics are recorded but served by the parent process.
+    """
     stop = stop or asyncio.Event()
     structlog.contextvars.bind_contextvars(pid=os.getpid())  # API_PROCESSES may run several
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    infra = await start_infrastructure(settings, broker_wait=BROKER_STARTUP_WAIT_SECONDS)
+    infra = await start_infrastructure(settings, broker_wait=BROKER_STARTUP_WAIT_SECONDS, stop=stop)
+    if infra is None:
+        log.info("api.stopped", before_start=True)
+        return
     api = build_api(infra, encode_operation)
-    server = _grpc_server(settings, api)
+    server, port = _grpc_server(settings, api)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -129,13 +154,23 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         ),
         server,
     )
-    port = _listen(server, settings)
-    if port == 0:
-        raise SystemExit(f"cannot listen on {settings.grpc_listen}")
+    http = await start_http(settings, api) if settings.http_listen else None
     await server.start()
     _report_health(health, infra, settings.health_interval_seconds)
+    metrics_server = start_metrics(infra, serve=serve_metrics)
+    public = public_address(settings.public_endpoint, settings.grpc_listen, port)
+    if not settings.public_endpoint and is_unspecified(settings.grpc_listen.rpartition(":")[0]):
+        log.warning(
+            "api.public_endpoint_guessed",
+            announced=public,
+            hint="set PUBLIC_ENDPOINT to the host:port clients dial",
+        )
     log.info(
-        "api.started", listen=settings.grpc_listen, port=port, tls=bool(settings.tls_cert_file)
+        "api.started",
+        listen=settings.grpc_listen,
+        port=port,
+        tls=bool(settings.tls_cert_file),
+        public_endpoint=public,
     )
 
     try:
@@ -143,14 +178,22 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     finally:
         log.info("api.draining", grace_seconds=settings.grpc_grace_seconds)
         await health.enter_graceful_shutdown()
-        await server.stop(settings.grpc_grace_seconds)
+        # Both drain at once: REST requests in flight get the same grace as gRPC calls.
+        http_stopped = http.stop() if http is not None else asyncio.sleep(0)
+        await asyncio.gather(server.stop(settings.grpc_grace_seconds), http_stopped)
         await infra.supervisor.stop()
         await api.marks.flush()  # what the last calls published, marked before exit
         await infra.close()
+        if metrics_server is not None:
+            metrics_server.stop()
         log.info("api.stopped")
 
 
-def serve_api(settings: Settings) -> None:
+def serve_api(settings: Settings, *, metrics_served_by_parent: bool = False) -> None:
     """One API process: its own event loop, pools and server."""
     logs.configure(settings.log_level, component="api")
-    run_loop(serve(settings), settings.event_loop)
+    tracing.configure(settings, component="api")
+    try:
+        run_loop(serve(settings, serve_metrics=not metrics_served_by_parent), settings.event_loop)
+    finally:
+        tracing.shutdown()
