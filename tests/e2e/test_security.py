@@ -689,15 +689,18 @@ async def test_calls_over_the_concurrency_limit_are_resource_exhausted(
             await conn.execute(
                 "SELECT 1 FROM images WHERE id = ANY($1::text[]) FOR UPDATE", [first, second]
             )
+            holder = await conn.fetchval("SELECT pg_backend_pid()")
             held = [
                 asyncio.ensure_future(update(images, image_id, "held"))
                 for image_id in (first, second)
             ]
 
             async def both_waiting() -> bool:
+                # Backends blocked by this test's locks: the API's two Updates (asked of the
+                # lock graph, not of the statement text, which pg_stat_activity cuts at 1 KiB).
                 count = await db.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND wait_event_type = 'Lock' AND query ILIKE '%UPDATE images%'"
+                    "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                    holder,
                 )
                 return count >= 2
 
