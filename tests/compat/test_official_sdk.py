@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +20,12 @@ import pytest
 
 from tests.compat.sdk_venv import clean_env
 from tests.e2e.client import folder
-from tests.support import BlobServer, blob
+from tests.support import BlobServer, blob, self_signed_certificate
 
 pytestmark = pytest.mark.e2e
 
 SDK_CLIENT = Path(__file__).resolve().parent / "official_sdk_client.py"
-OPENSSL = "/usr/bin/openssl"
 CLIENT_DEADLINE = 240.0
-
-
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 / localhost and its key (as tests/e2e/test_tls.py makes)."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-            "-keyout", str(key), "-out", str(cert), "-days", "1",
-            "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 class RequestDroppingProxy:

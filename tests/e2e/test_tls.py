@@ -16,28 +16,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.domain.ids import IMAGE_PREFIX, new_id
 from tests.e2e.client import folder, response_image, rpc_error, unique, wait_done
-from tests.support import ROOT, BearerAuth, base_env
+from tests.support import ROOT, BearerAuth, base_env, self_signed_certificate
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2_grpc
-
-OPENSSL = "/usr/bin/openssl"
 
 
 @pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 / localhost and its key."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            OPENSSL, "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-            "-keyout", str(key), "-out", str(cert), "-days", "1",
-            "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_certificate(tmp_path)
 
 
 def tls_channel(address: str, cert: Path, token: str | None) -> grpc.aio.Channel:
