@@ -51,10 +51,13 @@ class FinishedOperations:
         metrics.CACHE_HIT.inc()
         return entry
 
-    def put(self, operation: Operation) -> tuple[Operation, bytes]:
+    def put(self, operation: Operation) -> tuple[Operation, bytes | None]:
+        """Keep a finished operation, encoded once; an unfinished one is neither kept nor
+        encoded (``None``): it may change, and not every reader sends it."""
+        if not operation.done:
+            return operation, None
         entry = (operation, self._encode(operation))
-        if operation.done:
-            self._items.put(operation.id, entry)
+        self._items.put(operation.id, entry)
         return entry
 
 
@@ -81,6 +84,7 @@ class Operations:
     ) -> None:
         self._store = store
         self._waiters = waiters
+        self._encode = encode
         self._finished = FinishedOperations(cache_size, encode, retention_seconds)
         # Polls of unfinished operations arriving together are read together.
         self._reads = MicroBatcher(
@@ -88,14 +92,19 @@ class Operations:
         )
 
     async def get_operation(self, operation_id: str, caller: Principal) -> Operation:
-        return (await self.get_operation_encoded(operation_id, caller))[0]
+        return (await self._read(operation_id, caller))[0]
 
     async def get_operation_encoded(
         self, operation_id: str, caller: Principal
     ) -> tuple[Operation, bytes]:
         """The operation and its encoded form (made once, when it is finished)."""
+        operation, encoded = await self._read(operation_id, caller)
+        return operation, self._encode(operation) if encoded is None else encoded
+
+    async def _read(self, operation_id: str, caller: Principal) -> tuple[Operation, bytes | None]:
+        """From memory once finished, else from the database; the encoded form if kept."""
         validate_operation_id(operation_id)
-        entry = self._finished.get(operation_id)
+        entry: tuple[Operation, bytes | None] | None = self._finished.get(operation_id)
         if entry is None:
             operation = await self._reads.submit(operation_id)
             if operation is None:

@@ -127,6 +127,17 @@ async def test_a_finished_operation_is_encoded_once(
     assert answers[0][1] == encode_operation(operation)
 
 
+async def test_an_unfinished_operation_is_encoded_only_for_a_reader_that_sends_it(
+    operations: Operations, store: FakeStore, encoder: CountingEncoder
+):
+    operation = running(store)
+    await operations.get_operation(operation.id, viewer())  # WaitOperation, GetOperation
+    assert encoder.calls == 0
+    _, encoded = await operations.get_operation_encoded(operation.id, viewer())
+    assert encoder.calls == 1
+    assert encoded == encode_operation(operation)
+
+
 async def test_polls_arriving_together_are_read_together(operations: Operations, store: FakeStore):
     made = [running(store) for _ in range(4)]
     got = await asyncio.gather(*(operations.get_operation(o.id, viewer()) for o in made))
