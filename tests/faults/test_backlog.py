@@ -23,7 +23,6 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -31,7 +30,7 @@ import grpc
 import pytest
 
 from tests.conftest import migrate
-from tests.faults.cluster import PrivatePostgres, PrivateRabbit, free_port, new_base_dir
+from tests.faults.cluster import PrivateRabbit, free_port
 from tests.faults.load import (
     DATABASE,
     Accepted,
@@ -63,17 +62,6 @@ WORKERS = 3
 REPUBLISH_AFTER_SECONDS = 10.0
 QUEUE = "image-operations"
 MAX_DELIVERED_OVER_OPERATIONS = 1.05
-
-
-@pytest.fixture(scope="module")
-async def private_services() -> AsyncIterator[tuple[PrivatePostgres, PrivateRabbit]]:
-    database = PrivatePostgres(new_base_dir("faults-pg-"))
-    broker = PrivateRabbit(new_base_dir("faults-mq-"))
-    try:
-        await asyncio.gather(asyncio.to_thread(database.start), asyncio.to_thread(broker.start))
-        yield database, broker
-    finally:
-        await asyncio.gather(asyncio.to_thread(database.cleanup), asyncio.to_thread(broker.cleanup))
 
 
 def folder_of(number: int) -> str:

@@ -29,12 +29,9 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-
-import pytest
 
 from tests.conftest import migrate
-from tests.faults.cluster import PrivatePostgres, PrivateRabbit, free_port, new_base_dir
+from tests.faults.cluster import PrivatePostgres, PrivateRabbit, free_port
 from tests.faults.load import (
     DATABASE,
     Client,
@@ -52,17 +49,6 @@ LOAD_SECONDS = float(os.environ.get("FAULTS_SECONDS", "60"))
 CLIENTS = 6
 WORKERS = 3
 FAULT_GAP_SECONDS = 3.0
-
-
-@pytest.fixture(scope="module")
-async def private_services() -> AsyncIterator[tuple[PrivatePostgres, PrivateRabbit]]:
-    database = PrivatePostgres(new_base_dir("faults-pg-"))
-    broker = PrivateRabbit(new_base_dir("faults-mq-"))
-    try:
-        await asyncio.gather(asyncio.to_thread(database.start), asyncio.to_thread(broker.start))
-        yield database, broker
-    finally:
-        await asyncio.gather(asyncio.to_thread(database.cleanup), asyncio.to_thread(broker.cleanup))
 
 
 async def chaos(
