@@ -384,6 +384,15 @@ async def backend_waiting_on_lock(db: Any, table: str) -> bool:
     return bool(count)
 
 
+async def backend_blocked_by(db: Any, pid: int) -> bool:
+    """True once some session waits for a lock the session ``pid`` holds (the lock graph,
+    whatever statement waits)."""
+    count = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", pid
+    )
+    return bool(count)
+
+
 # Set once per test run by the session fixture ``admin_token``: an editor of every folder.
 ADMIN_TOKEN: str | None = None
 

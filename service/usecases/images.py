@@ -96,7 +96,7 @@ class Images:
         # Pages stop short of this many bytes, whatever their page_size, so a page of the
         # largest images still fits in a message (the rest comes with next_page_token).
         self._page_bytes = page_bytes
-        # Updates without an idempotency key arriving together are accepted together.
+        # Updates arriving together are accepted together, keyed or not.
         self._updates = MicroBatcher(
             accepts.begin_updates, max_batch=256, max_in_flight=2, name="accept_updates"
         )
@@ -142,14 +142,13 @@ class Images:
         _validate_key(idempotency)
         operation = new_operation(OperationKind.UPDATE_IMAGE, image_id, "", caller.subject)
         folders = caller.folder_filter()
-        if idempotency is None:
-            # The batch is written by another task: the call's trace context goes with it.
-            new = NewUpdate(operation, change, folders, tracing.traceparent())
-            together = await self._updates.submit(new)
-            if together is not None:
-                return await self._enqueue(Accepted(together), caller)
-        # Keyed, or not accepted in the batch: alone, in a transaction that accepts it or
-        # raises the precise error.
+        # The batch is written by another task: the call's trace context goes with it.
+        new = NewUpdate(operation, change, folders, tracing.traceparent(), idempotency)
+        together = await self._updates.submit(new)
+        if together is not None:
+            return await self._enqueue(Accepted(together), caller)
+        # Not accepted in the batch (refused, or a key seen before): alone, in a transaction
+        # that accepts it, replays the key's operation, or raises the precise error.
         accepted = await self._accepts.begin_update(operation, change, idempotency, folders)
         return await self._enqueue(accepted, caller)
 

@@ -37,14 +37,15 @@ class Accepted:
 
 @dataclass(frozen=True)
 class NewUpdate:
-    """An Update to accept: its new operation, the change, the caller's folder filter, and the
+    """An Update to accept: its new operation, the change, the caller's folder filter, the
     call's W3C trace context (``traceparent``; ``None`` while tracing is off), kept with the
-    operation."""
+    operation, and the call's idempotency key, if it sent one."""
 
     operation: Operation
     change: ImageChange
     folders: list[str] | None
     trace_context: str | None = None
+    idempotency: IdempotencyKey | None = None
 
 
 class Accepts(Protocol):

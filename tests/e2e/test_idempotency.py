@@ -24,7 +24,7 @@ from tests.e2e.client import (
     violated_fields,
     wait_done,
 )
-from tests.support import backend_waiting_on_lock, eventually
+from tests.support import backend_blocked_by, eventually
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2
 from yandex.cloud.operation import operation_service_pb2
 
@@ -178,18 +178,14 @@ async def test_retries_that_arrive_while_the_first_call_is_still_accepting_get_i
     request = image_service_pb2.UpdateImageRequest(image_id=image.id, description="held")
     key = new_key()
     async with db.acquire() as conn, conn.transaction():
-        # The first call records the key, then waits for the image row; the rest wait on the key.
+        # The first call records the key, then waits for the image row; the rest, in its batch
+        # or after it, get the key's operation once it is accepted.
         await conn.execute("SELECT 1 FROM images WHERE id = $1 FOR UPDATE", image.id)
+        holder = await conn.fetchval("SELECT pg_backend_pid()")
         calls = [
             asyncio.ensure_future(images.Update(request, metadata=keyed(key))) for _ in range(5)
         ]
-
-        async def first_holds_the_key_and_retries_wait() -> bool:
-            return await backend_waiting_on_lock(db, "UPDATE images") and (
-                await backend_waiting_on_lock(db, "idempotency_keys")
-            )
-
-        await eventually(first_holds_the_key_and_retries_wait, what="the calls to queue up")
+        await eventually(lambda: backend_blocked_by(db, holder), what="the first call to wait")
     ops = await asyncio.gather(*calls)
     assert len({op.id for op in ops}) == 1
     assert await operations_of(db, image.id, "update_image") == 1
@@ -204,16 +200,11 @@ async def test_when_the_first_call_is_refused_racing_retries_run_on_their_own(
     key = new_key()
     async with db.acquire() as conn, conn.transaction():
         await conn.execute("SELECT 1 FROM images WHERE id = $1 FOR UPDATE", image.id)
+        holder = await conn.fetchval("SELECT pg_backend_pid()")
         calls = [
             asyncio.ensure_future(images.Update(request, metadata=keyed(key))) for _ in range(5)
         ]
-
-        async def queued() -> bool:
-            return await backend_waiting_on_lock(db, "UPDATE images") and (
-                await backend_waiting_on_lock(db, "idempotency_keys")
-            )
-
-        await eventually(queued, what="the calls to queue up")
+        await eventually(lambda: backend_blocked_by(db, holder), what="the first call to wait")
         # The image leaves READY before the first call gets it: the first call is refused.
         await conn.execute(
             "UPDATE images SET status = $2 WHERE id = $1", image.id, image_pb2.Image.ERROR

@@ -12,8 +12,8 @@ import pytest
 from service.adapters.rabbitmq import Broker
 from service.domain import ids
 from service.domain.auth import Principal, Role
-from service.domain.errors import AlreadyExists, FailedPrecondition, NotFound
-from service.domain.model import ImageChange, Operation
+from service.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from service.domain.model import IdempotencyKey, ImageChange, Operation
 from service.usecases.images import Images
 from service.usecases.outbox import PublishedMarks
 from tests.conftest import AMQP_URL
@@ -147,6 +147,122 @@ async def test_concurrent_updates_through_the_app_get_the_same_answers_as_alone(
     # The image is UPDATING by now, so the rename is refused for that (checked first).
     assert isinstance(results[9], FailedPrecondition | AlreadyExists), results[9]
     assert isinstance(results[10], NotFound), results[10]
+
+
+def keyed_app(store, broker, f: str) -> tuple[Images, Principal]:
+    app = Images(
+        store.accepts, store.reads, broker, PublishedMarks(store.outbox), publish_timeout=5
+    )
+    return app, Principal(subject="tester", role=Role.EDITOR, folders=frozenset({f}))
+
+
+def key(text: str, fingerprint: str = "request-1") -> IdempotencyKey:
+    return IdempotencyKey(caller="tester", key=text, fingerprint=fingerprint)
+
+
+async def test_keyed_updates_are_accepted_together_and_their_keys_kept(store, db, broker):
+    f = folder()
+    app, caller = keyed_app(store, broker, f)
+    images = [await add_image(db, f) for _ in range(3)]
+    texts = [f"k-{ids.new_id('key')}" for _ in images]
+    operations = await asyncio.gather(
+        *(
+            app.update_image(i, ["description"], "", "new", {}, caller, key(t))
+            for i, t in zip(images, texts, strict=True)
+        )
+    )
+    kept = await db.fetch(
+        "SELECT key, operation_id FROM idempotency_keys WHERE key = ANY($1)", texts
+    )
+    assert {r["key"]: r["operation_id"] for r in kept} == {
+        t: op.id for t, op in zip(texts, operations, strict=True)
+    }
+    # A retry of each call (the same key, the same request) answers the same operation.
+    again = await asyncio.gather(
+        *(
+            app.update_image(i, ["description"], "", "new", {}, caller, key(t))
+            for i, t in zip(images, texts, strict=True)
+        )
+    )
+    assert [op.id for op in again] == [op.id for op in operations]
+    assert await db.fetchval(
+        "SELECT count(*) FROM operations WHERE image_id = ANY($1)", images
+    ) == len(images)
+
+
+async def test_one_key_twice_in_one_batch_starts_one_operation(store, db, broker):
+    f = folder()
+    app, caller = keyed_app(store, broker, f)
+    image = await add_image(db, f)
+    text = f"k-{ids.new_id('key')}"
+    first, again = await asyncio.gather(
+        app.update_image(image, ["description"], "", "new", {}, caller, key(text)),
+        app.update_image(image, ["description"], "", "new", {}, caller, key(text)),
+    )
+    assert again.id == first.id
+    assert await db.fetchval("SELECT count(*) FROM operations WHERE image_id = $1", image) == 1
+
+
+async def test_a_key_reused_for_another_request_is_refused_in_a_batch(store, db, broker):
+    f = folder()
+    app, caller = keyed_app(store, broker, f)
+    one, other = await add_image(db, f), await add_image(db, f)
+    text = f"k-{ids.new_id('key')}"
+    results = await asyncio.gather(
+        app.update_image(one, ["description"], "", "new", {}, caller, key(text)),
+        app.update_image(other, ["description"], "", "x", {}, caller, key(text, "request-2")),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Operation), results
+    assert isinstance(results[1], InvalidArgument), results
+    assert [v.field for v in results[1].violations] == ["idempotency-key"]
+    assert await db.fetchval("SELECT status FROM images WHERE id = $1", other) == READY
+
+
+async def test_a_key_taken_by_a_racing_call_hands_the_batch_back(store, db, broker):
+    """A transaction recorded the key after the batch looked: the batch statement fails on
+    the key and every Update of it is answered alone, the keyed one with the racing call's
+    operation, the others accepted."""
+    f = folder()
+    app, caller = keyed_app(store, broker, f)
+    raced, bystander = await add_image(db, f), await add_image(db, f)
+    text = f"k-{ids.new_id('key')}"
+    racing_operation = ids.new_id(ids.OPERATION_PREFIX)
+    async with db.acquire() as conn:
+        held = conn.transaction()
+        await held.start()
+        await conn.execute(
+            "INSERT INTO idempotency_keys (caller, key, fingerprint, operation_id)"
+            " VALUES ('tester', $1, 'request-1', $2)",
+            text,
+            racing_operation,
+        )
+        batch = asyncio.gather(
+            app.update_image(raced, ["description"], "", "new", {}, caller, key(text)),
+            app.update_image(bystander, ["description"], "", "new", {}, caller),
+            return_exceptions=True,
+        )
+        # The batch waits on the key the open transaction holds.
+        await eventually(
+            lambda: db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ),
+            what="the batch waiting on the held key",
+        )
+        await conn.execute(
+            "INSERT INTO operations (id, kind, image_id, folder_id, description, request)"
+            " VALUES ($1, 'update_image', $2, $3, 'Update image', '{}')",
+            racing_operation,
+            raced,
+            f,
+        )
+        await held.commit()
+    replayed, accepted = await batch
+    assert isinstance(replayed, Operation), replayed
+    assert replayed.id == racing_operation
+    assert isinstance(accepted, Operation), accepted
+    assert await db.fetchval("SELECT status FROM images WHERE id = $1", raced) == READY
 
 
 async def test_batches_sharing_images_in_opposite_orders_do_not_deadlock(store, db):

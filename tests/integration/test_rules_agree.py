@@ -44,6 +44,7 @@ from service.domain.errors import (
 )
 from service.domain.model import (
     DESCRIPTIONS,
+    IdempotencyKey,
     Image,
     ImageChange,
     ImageStatus,
@@ -97,6 +98,10 @@ class Copy:
     def operation(self, n: int) -> str:
         return self._id(f"operation{n}", lambda: ids.new_id(ids.OPERATION_PREFIX))
 
+    def key(self, n: int) -> str:
+        """The idempotency key of the example's ``n``-th Update."""
+        return self._id(f"key{n}", lambda: f"k-{ids.new_id('key')}")
+
     def ids_of(self, kind: str) -> list[str]:
         return [real for logical, real in self._real.items() if logical.startswith(kind)]
 
@@ -119,6 +124,7 @@ class Copy:
         await db.execute(
             "DELETE FROM images WHERE id = ANY($1) OR folder_id = ANY($2)", images, folders
         )
+        await db.execute("DELETE FROM idempotency_keys WHERE key = ANY($1)", self.ids_of("key"))
 
 
 @pytest.fixture
@@ -150,7 +156,15 @@ async def state(db: asyncpg.Pool, copy: Copy) -> dict[str, Any]:
         " error_code, error_message, lease_until FROM operations WHERE id = ANY($1)",
         copy.ids_of("operation"),
     )
+    keys = await db.fetch(
+        "SELECT caller, key, fingerprint, operation_id FROM idempotency_keys WHERE key = ANY($1)",
+        copy.ids_of("key"),
+    )
     return {
+        "keys": {
+            copy.logical(r["key"]): (r["caller"], r["fingerprint"], copy.logical(r["operation_id"]))
+            for r in keys
+        },
         "images": {
             copy.logical(r["id"]): {
                 "folder": copy.logical(r["folder_id"]),
@@ -244,6 +258,7 @@ class UpdateOf:
     change: ImageChange
     folders: list[int] | None
     created_by: str
+    keyed: bool = False  # sent with an idempotency key of its own
 
 
 @dataclass(frozen=True)
@@ -285,6 +300,7 @@ def batches(draw: st.DrawFn) -> Batch:
                 change=changes,
                 folders=filters,
                 created_by=st.sampled_from(["alice", "bob"]),
+                keyed=st.booleans(),
             ),
             min_size=1,
             max_size=6,
@@ -300,11 +316,13 @@ def new_update(
     change: ImageChange,
     folders: list[str] | None = None,
     created_by: str = "tester",
+    keyed: bool = False,
 ) -> NewUpdate:
     """The example's ``n``-th Update, as the API hands it to the store."""
     new = update(image_id, change, folders)
     operation = replace(new.operation, id=copy.operation(n), created_by=created_by)
-    return replace(new, operation=operation)
+    key = IdempotencyKey(created_by, copy.key(n), f"request-{n}") if keyed else None
+    return replace(new, operation=operation, idempotency=key)
 
 
 async def lay_batch(db: asyncpg.Pool, copy: Copy, batch: Batch) -> list[NewUpdate]:
@@ -327,6 +345,7 @@ async def lay_batch(db: asyncpg.Pool, copy: Copy, batch: Batch) -> list[NewUpdat
             u.change,
             None if u.folders is None else [copy.folder(f) for f in u.folders],
             u.created_by,
+            u.keyed,
         )
         for n, u in enumerate(batch.updates)
     ]
@@ -344,7 +363,7 @@ async def accept_one_at_a_time(
     for n in order:
         u = updates[n]
         try:
-            done = await accepts.begin_update(u.operation, u.change, folders=u.folders)
+            done = await accepts.begin_update(u.operation, u.change, u.idempotency, u.folders)
         except (NotFound, FailedPrecondition, AlreadyExists, ResourceExhausted) as exc:
             note(f"one at a time: {type(exc).__name__}")
         else:
@@ -1002,6 +1021,24 @@ async def test_a_batch_that_ignores_taken_names_is_caught(
         [UpdateOf(0, ImageChange(name="ab"), None, "alice")],
     )
     with pytest.raises(AssertionError, match="accepted"):
+        await check_accepts_agree(store.accepts, db, copies, batch)
+
+
+async def test_a_batch_that_keeps_the_keys_of_refused_updates_is_caught(
+    store: Postgres, db: asyncpg.Pool, copies: list[Copy], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = mutant(
+        accept_module._FREE_KEYS,
+        "WHERE idempotency_keys.caller",
+        "WHERE FALSE AND idempotency_keys.caller",
+    )
+    monkeypatch.setattr(accept_module, "_FREE_KEYS", wrong)
+    batch = Batch(
+        1,
+        [ImageAt(0, "aa", ImageStatus.READY), ImageAt(0, "ab", ImageStatus.CREATING)],
+        [UpdateOf(n, ImageChange(description="d"), None, "alice", keyed=True) for n in (0, 1)],
+    )
+    with pytest.raises(AssertionError, match="keys"):
         await check_accepts_agree(store.accepts, db, copies, batch)
 
 

@@ -332,7 +332,17 @@ class FakeStore:
         self.calls["begin_updates"] += 1
         self.update_batches.append(len(updates))
         async with self._lock:
-            return [self._begin_alone(u.operation, u.change, u.folders) for u in updates]
+            seen: set[tuple[str, str]] = set()
+            accepted: list[Operation | None] = []
+            for u in updates:
+                key = None if u.idempotency is None else (u.idempotency.caller, u.idempotency.key)
+                if key is not None and (key in seen or key in self.state.keys):
+                    accepted.append(None)  # replayed (or refused) by begin_update
+                else:
+                    accepted.append(self._begin_alone(u.operation, u.change, u.folders, u))
+                if key is not None:
+                    seen.add(key)
+            return accepted
 
     async def begin_delete(
         self,
@@ -353,13 +363,18 @@ class FakeStore:
         return await self._accept(idempotency, operation.id, begin)
 
     def _begin_alone(
-        self, operation: Operation, change: ImageChange, folders: list[str] | None
+        self,
+        operation: Operation,
+        change: ImageChange,
+        folders: list[str] | None,
+        update: NewUpdate,
     ) -> Operation | None:
         state = self.state.copy()
         try:
             accepted = self._begin(state, operation, change, folders)
         except ServiceError:
             return None
+        self._claim_key(state, update.idempotency, operation.id)
         self.state = state
         return accepted
 

@@ -236,11 +236,63 @@ async def test_updates_without_a_key_are_accepted_together_in_one_batch(
     assert store.calls["begin_update"] == 0
 
 
-async def test_an_update_with_a_key_is_accepted_alone(images: Images, store: FakeStore):
+async def test_updates_with_keys_are_accepted_together_in_one_batch(
+    images: Images, store: FakeStore
+):
+    targets = [store.add_image() for _ in range(3)]
+    operations = await asyncio.gather(
+        *(
+            images.update_image(i.id, ["description"], "", "new", {}, editor(), key(f"k{n}"))
+            for n, i in enumerate(targets)
+        )
+    )
+    assert store.update_batches == [3]
+    assert store.calls["begin_update"] == 0
+    assert {store.state.keys[(SUBJECT, f"k{n}")].operation_id for n in range(3)} == {
+        operation.id for operation in operations
+    }
+
+
+async def test_a_key_seen_before_is_replayed_alone_not_batched_again(
+    images: Images, store: FakeStore
+):
     image = store.add_image()
+    first = await images.update_image(image.id, ["description"], "", "new", {}, editor(), key())
+    again = await images.update_image(image.id, ["description"], "", "new", {}, editor(), key())
+    assert again.id == first.id
+    assert store.calls["begin_update"] == 1  # the replay, found alone
+    assert len(store.state.operations) == 1
+
+
+async def test_one_key_twice_in_a_batch_starts_one_operation(images: Images, store: FakeStore):
+    image = store.add_image()
+    first, again = await asyncio.gather(
+        images.update_image(image.id, ["description"], "", "new", {}, editor(), key()),
+        images.update_image(image.id, ["description"], "", "new", {}, editor(), key()),
+    )
+    assert store.update_batches == [2]
+    assert again.id == first.id
+    assert len(store.state.operations) == 1
+
+
+async def test_a_key_reused_for_another_request_is_refused_from_a_batch(
+    images: Images, store: FakeStore
+):
+    image, other = store.add_image(), store.add_image()
     await images.update_image(image.id, ["description"], "", "new", {}, editor(), key())
-    assert store.calls["begin_updates"] == 0
-    assert store.calls["begin_update"] == 1
+    with pytest.raises(InvalidArgument) as info:
+        await images.update_image(
+            other.id, ["description"], "", "new", {}, editor(), key(fingerprint="fp-2")
+        )
+    assert fields(info.value) == ["idempotency-key"]
+    assert store.status(other.id) is ImageStatus.READY
+
+
+async def test_a_refused_keyed_update_leaves_its_key_free(images: Images, store: FakeStore):
+    busy = store.add_image(status=ImageStatus.UPDATING)
+    with pytest.raises(FailedPrecondition):
+        await images.update_image(busy.id, ["description"], "", "new", {}, editor(), key())
+    assert store.state.keys == {}
 
 
 async def test_two_updates_of_one_image_in_a_batch_accept_exactly_one(

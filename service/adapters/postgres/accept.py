@@ -51,6 +51,22 @@ VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6, clock_timestamp(), $7, $8)
 RETURNING created_at
 """
 _BEGIN_UPDATES = load_sql("begin_updates.sql")
+# A batch's keys, in one order (so batches sharing keys wait for each other, never deadlock);
+# of a key carried twice, the first in the batch. Returns the operations whose key this
+# recorded: a key recorded before (or by a racing call, waited for) is left out.
+_CLAIM_KEYS = """
+INSERT INTO idempotency_keys (caller, key, fingerprint, operation_id)
+SELECT caller, key, fingerprint, operation_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+    AS k(caller, key, fingerprint, operation_id, n)
+ORDER BY caller, key, n
+ON CONFLICT (caller, key) DO NOTHING
+RETURNING operation_id
+"""
+_FREE_KEYS = """
+DELETE FROM idempotency_keys USING unnest($1::text[], $2::text[]) AS k(caller, key)
+WHERE idempotency_keys.caller = k.caller AND idempotency_keys.key = k.key
+"""
 
 log = structlog.get_logger(__name__)
 # The folder's count of unfinished operations, its row locked to the end of the transaction
@@ -143,38 +159,33 @@ class PostgresAccepts:
         return await self._accept(idempotency, operation.id, begin)
 
     async def begin_updates(self, updates: Sequence[NewUpdate]) -> list[Operation | None]:
-        """Accept many Updates in one statement (group commit): all of them, or none.
+        """Accept many Updates at once (group commit): all of them, or none.
 
         Each is accepted exactly as ``begin_update`` would accept it alone, in the batch's
         order; one that is not (``None``) is left for ``begin_update`` to find out why. Two
         Updates of one image in a batch: the first is accepted, the other finds the image
-        ``UPDATING``. A statement that fails for any reason but a lost database (a value one
-        Update carries that cannot be stored, say) accepts none and hands them all back
-        (``None``), so each caller gets from ``begin_update`` the answer that concerns it;
-        a lost database is ``Unavailable`` for them all.
+        ``UPDATING``. A keyed Update joins only with a key not recorded before and not carried
+        by an earlier Update of the batch; any other is left for ``begin_update`` to replay
+        the key's operation (or refuse a different request under it). A statement that fails
+        for any reason but a lost database (a value one Update carries that cannot be stored,
+        say) accepts none and hands them all back (``None``), so each caller gets from
+        ``begin_update`` the answer that concerns it; a lost database is ``Unavailable`` for
+        them all.
+
+        Without keys, the batch is one statement. With keys, one transaction takes the keys
+        first, as ``begin_update`` does (the one lock order: keys, images, quotas), then runs
+        the same statement over the Updates it may accept.
         """
         if not updates:
             return []
+        keyed = [u for u in updates if u.idempotency is not None]
         async with self._db.connection() as conn:
             try:
-                rows = await conn.fetch(
-                    _BEGIN_UPDATES,
-                    [u.operation.image_id for u in updates],
-                    [u.operation.id for u in updates],
-                    [u.change.name for u in updates],
-                    [u.operation.created_by for u in updates],
-                    [u.change.to_json() for u in updates],
-                    # As text: asyncpg would take a list in an array for another dimension.
-                    [None if u.folders is None else json.dumps(u.folders) for u in updates],
-                    self.max_unfinished_per_folder,
-                    updates[0].operation.description,
-                    int(ImageStatus.UPDATING),
-                    int(ImageStatus.READY),
-                    # NULL for all (tracing off) costs nothing per Update.
-                    None
-                    if all(u.trace_context is None for u in updates)
-                    else [u.trace_context for u in updates],
-                )
+                if not keyed:
+                    rows = await self._begin_batch(conn, updates)
+                else:
+                    async with conn.transaction():
+                        rows = await self._begin_keyed_batch(conn, updates, keyed)
             except TRANSIENT_ERRORS:
                 raise
             except asyncpg.PostgresError as exc:
@@ -193,6 +204,58 @@ class PostgresAccepts:
             for row in rows
         }
         return [accepted.get(u.operation.id) for u in updates]
+
+    async def _begin_keyed_batch(
+        self, conn: Connection, updates: Sequence[NewUpdate], keyed: Sequence[NewUpdate]
+    ) -> list[asyncpg.Record]:
+        """In a transaction: record the keys, accept the Updates whose key was recorded here
+        (and the unkeyed ones), then free the keys of those the batch did not accept."""
+        keys = [u.idempotency for u in keyed if u.idempotency is not None]
+        claimed = {
+            row["operation_id"]
+            for row in await conn.fetch(
+                _CLAIM_KEYS,
+                [k.caller for k in keys],
+                [k.key for k in keys],
+                [k.fingerprint for k in keys],
+                [u.operation.id for u in keyed],
+            )
+        }
+        joining = [u for u in updates if u.idempotency is None or u.operation.id in claimed]
+        rows = await self._begin_batch(conn, joining) if joining else []
+        accepted = {row["id"] for row in rows}
+        unused = [
+            u.idempotency
+            for u in keyed
+            if u.idempotency is not None
+            and u.operation.id in claimed
+            and u.operation.id not in accepted
+        ]
+        if unused:
+            await conn.execute(_FREE_KEYS, [k.caller for k in unused], [k.key for k in unused])
+        return rows
+
+    async def _begin_batch(
+        self, conn: Connection, updates: Sequence[NewUpdate]
+    ) -> list[asyncpg.Record]:
+        return await conn.fetch(
+            _BEGIN_UPDATES,
+            [u.operation.image_id for u in updates],
+            [u.operation.id for u in updates],
+            [u.change.name for u in updates],
+            [u.operation.created_by for u in updates],
+            [u.change.to_json() for u in updates],
+            # As text: asyncpg would take a list in an array for another dimension.
+            [None if u.folders is None else json.dumps(u.folders) for u in updates],
+            self.max_unfinished_per_folder,
+            updates[0].operation.description,
+            int(ImageStatus.UPDATING),
+            int(ImageStatus.READY),
+            # NULL for all (tracing off) costs nothing per Update.
+            None
+            if all(u.trace_context is None for u in updates)
+            else [u.trace_context for u in updates],
+        )
 
     async def begin_delete(
         self,
