@@ -2,6 +2,14 @@
 
 Every phase (echo, Update, Get, latency) is driven by the same code with a different call;
 the REST phase (``rest_get``) by the same loop over an HTTP client session instead.
+
+The calls are shaped as the official SDKs send them: an ``x-client-request-id`` on every call
+and an ``idempotency-key`` (a new UUID) on every Update, so a server that makes keyed calls
+take a slower path shows it here. Two phases poll as the SDKs' waiters do, with
+``OperationService.Get`` every ``poll_interval`` seconds until the operation is done:
+``poll`` (a closed loop of Update-then-poll cycles, counted in cycles) and ``poll_latency``
+(Updates started at ``rate`` per second, each timed from the Update to the poll that saw it
+done).
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import asyncio
 import collections
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +34,15 @@ from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_
 
 @dataclass
 class Job:
-    phase: str  # echo | update | get | latency | rest_get
+    phase: str  # echo | update | get | latency | poll | poll_latency | rest_get
     address: str
     token: str
     seconds: float
     concurrency: int
     image_ids: list[str] = field(default_factory=list)
     operation_ids: list[str] = field(default_factory=list)
-    rate: float = 0.0  # calls per second, for the open-loop latency phase
+    rate: float = 0.0  # calls per second, for the open-loop latency phases
+    poll_interval: float = 0.005  # seconds between polls of one operation
 
 
 @dataclass
@@ -61,7 +71,7 @@ async def _run(job: Job) -> Result:
         call = _caller(job, channel, metadata, result)
         started = time.perf_counter()
         deadline = started + job.seconds
-        if job.phase == "latency":
+        if job.phase in ("latency", "poll_latency"):
             await _open_loop(call, job.rate, deadline)
         else:
             await asyncio.gather(*(_closed_loop(call, deadline) for _ in range(job.concurrency)))
@@ -135,6 +145,13 @@ def _caller(job: Job, channel: grpc.aio.Channel, metadata: Any, result: Result) 
 
     image_id_of: dict[str, str] = {}
 
+    def sdk(*, mutation: bool = False) -> Any:
+        """The call's metadata as the official SDKs send it."""
+        extra = [("x-client-request-id", str(uuid.uuid4()))]
+        if mutation:
+            extra.append(("idempotency-key", str(uuid.uuid4())))
+        return (*metadata, *extra)
+
     def failed(exc: grpc.aio.AioRpcError) -> None:
         result.errors += 1
         name = exc.code().name
@@ -154,7 +171,7 @@ def _caller(job: Job, channel: grpc.aio.Channel, metadata: Any, result: Result) 
         try:
             op = await images.Update(
                 image_service_pb2.UpdateImageRequest(image_id=image_id, description="benchmark"),
-                metadata=metadata,
+                metadata=sdk(mutation=True),
             )
         except grpc.aio.AioRpcError as exc:
             failed(exc)
@@ -173,11 +190,43 @@ def _caller(job: Job, channel: grpc.aio.Channel, metadata: Any, result: Result) 
         try:
             await operations.Get(
                 operation_service_pb2.GetOperationRequest(operation_id=operation_id),
-                metadata=metadata,
+                metadata=sdk(),
             )
             result.calls += 1
         except grpc.aio.AioRpcError as exc:
             failed(exc)
+
+    async def poll_until_done(operation_id: str) -> bool:
+        """Poll as the SDKs' waiters do; True once the operation is done."""
+        request = operation_service_pb2.GetOperationRequest(operation_id=operation_id)
+        while True:
+            await asyncio.sleep(job.poll_interval)
+            try:
+                op = await operations.Get(request, metadata=sdk())
+            except grpc.aio.AioRpcError as exc:
+                failed(exc)
+                return False
+            if op.done:
+                pending.append(image_id_of.pop(operation_id))  # READY again
+                return True
+
+    async def call_poll() -> None:
+        operation_id = await update()
+        if operation_id is None:
+            if not pending:
+                await asyncio.sleep(0.01)  # out of images for this phase
+            return
+        result.calls -= 1  # counted as a whole cycle below, not as an Update
+        if await poll_until_done(operation_id):
+            result.calls += 1
+
+    async def call_poll_latency() -> None:
+        started = time.perf_counter()
+        operation_id = await update()
+        if operation_id is None:
+            return
+        if await poll_until_done(operation_id):
+            result.latencies.append(time.perf_counter() - started)
 
     async def call_latency() -> None:
         started = time.perf_counter()
@@ -202,4 +251,6 @@ def _caller(job: Job, channel: grpc.aio.Channel, metadata: Any, result: Result) 
         "update": call_update,
         "get": call_get,
         "latency": call_latency,
+        "poll": call_poll,
+        "poll_latency": call_poll_latency,
     }[job.phase]

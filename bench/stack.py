@@ -1,0 +1,177 @@
+"""The stack a benchmark runs: its processes, their CPU time, and the load phases that drive it.
+
+Shared by ``python -m bench`` and ``python -m bench.scale``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import asyncpg
+
+from bench.load import Job, Result, run_job
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_URL = os.environ.get(
+    "BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def _env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "AMQP_"))}
+    env.update(overrides)
+    return env
+
+
+class Process:
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._file = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=self._file, stderr=subprocess.STDOUT
+        )
+
+    def wait_for(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log.read_text(errors="replace").splitlines():
+                if text in line:
+                    return line
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.log.name} exited:\n{self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        raise SystemExit(f"{self.log.name}: no {text!r} within {timeout}s")
+
+    def peak_rss_mb(self) -> float:
+        """The process's peak resident size so far (VmHWM)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._file.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a live process has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # gone meanwhile
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stack_cpu(own: dict[str, Process]) -> dict[str, float]:
+    """CPU seconds so far of our processes, and of PostgreSQL's and RabbitMQ's (by name)."""
+    totals = {name: cpu_seconds(process.proc.pid) for name, process in own.items()}
+    totals |= {"postgres": 0.0, "rabbitmq": 0.0}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if command.startswith("postgres"):
+            totals["postgres"] += cpu_seconds(int(entry.name))
+        elif command.startswith("beam"):
+            totals["rabbitmq"] += cpu_seconds(int(entry.name))
+    return totals
+
+
+def cpu_per_call(before: dict[str, float], after: dict[str, float], calls: int) -> dict[str, int]:
+    """Microseconds of CPU per call, by process (backends that exited meanwhile not counted)."""
+    return {name: round((after[name] - before[name]) / max(calls, 1) * 1e6) for name in after}
+
+
+def run_phase(pool: ProcessPoolExecutor, jobs: list[Job]) -> Result:
+    total = Result()
+    for result in pool.map(run_job, jobs):
+        total.calls += result.calls
+        total.errors += result.errors
+        total.seconds = max(total.seconds, result.seconds)
+        total.latencies += result.latencies
+        total.operation_ids += result.operation_ids
+        for code, n in result.error_codes.items():
+            total.error_codes[code] = total.error_codes.get(code, 0) + n
+    return total
+
+
+def split(items: list[str], parts: int) -> list[list[str]]:
+    return [items[i::parts] for i in range(parts)]
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+# A client backend's title ends with its client's address: "user database 127.0.0.1(5432) idle".
+_CLIENT = re.compile(r"\S+\(\d+\)|\[local\]")
+_PARALLEL = re.compile(r"parallel worker for PID (\d+)")
+
+CpuSample = dict[tuple[str, int], float]
+
+
+def stack_sample(
+    own: dict[str, Process], database: str, skip: frozenset[int] = frozenset()
+) -> CpuSample:
+    """CPU seconds so far of each process of the stack, by role and PID: ours (by the names
+    given), RabbitMQ's, and those of PostgreSQL that serve ``database`` or the whole server
+    (checkpointer, WAL writer...). Backends of other databases, on a server others use too,
+    are left out, and so are the PIDs in ``skip`` (the benchmark's own connection)."""
+    sample = {(name, p.proc.pid): cpu_seconds(p.proc.pid) for name, p in own.items()}
+    parallel: dict[int, int] = {}  # parallel worker -> the backend it works for
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in skip:
+            continue
+        pid = int(entry.name)
+        try:
+            command = (entry / "comm").read_text().strip()
+            if command.startswith("beam"):
+                sample[("rabbitmq", pid)] = cpu_seconds(pid)
+                continue
+            if not command.startswith("postgres"):
+                continue
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        if leader := _PARALLEL.search(title):
+            parallel[pid] = int(leader.group(1))
+        elif not _CLIENT.search(title) or database in title.split():
+            sample[("postgres", pid)] = cpu_seconds(pid)
+    for pid, leader in parallel.items():
+        if ("postgres", leader) in sample:
+            sample[("postgres", pid)] = cpu_seconds(pid)
+    return sample
+
+
+def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
+    """CPU seconds used between two samples, by role: of the processes in both, and of those
+    started in between. One that exited meanwhile is left out (its count is gone with it)."""
+    used: dict[str, float] = {}
+    for (role, pid), seconds in after.items():
+        used[role] = used.get(role, 0.0) + seconds - before.get((role, pid), 0.0)
+    return used
