@@ -10,6 +10,11 @@ same load generator (separate processes):
 4. latency: Update -> done as a client sees it (WaitOperation), at half the Update rate;
 5. soak: a steady mixed load, with the RSS of the API and the worker at its start and end.
 
+Then, unless skipped: the same API against a conventional Celery build, by the same
+SDK-shaped client (``bench.compare``: Updates at 8, 32 and 128 in flight, Get, the polling
+pipeline, Update -> done at a fixed rate), and the cost of an Update as the state grows
+(``bench.scale``: 100 and 100,000 images, 10,000 queued, 1,000,000 finished).
+
 After the Get phase, a REST phase: ``GET /operations/{id}`` over HTTP (``HTTP_LISTEN``) over
 the same operations, beside the gRPC Get figure.
 
@@ -40,112 +45,23 @@ from typing import Any
 import asyncpg
 import grpc
 
-from bench.load import Job, Result, run_job
+from bench import compare, scale
+from bench.load import Job
 from bench.scrape import Scraper
-from service.domain.ids import IMAGE_PREFIX, OPERATION_PREFIX, new_id
-
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get(
-    "BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+from bench.stack import (
+    ADMIN_URL,
+    AMQP_URL,
+    ROOT,
+    Process,
+    _env,
+    cpu_per_call,
+    cpu_seconds,
+    drop_database,
+    run_phase,
+    split,
+    stack_cpu,
 )
-AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-def _env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "AMQP_"))}
-    env.update(overrides)
-    return env
-
-
-class Process:
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._file = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=self._file, stderr=subprocess.STDOUT
-        )
-
-    def wait_for(self, text: str, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.log.read_text(errors="replace").splitlines():
-                if text in line:
-                    return line
-            if self.proc.poll() is not None:
-                raise SystemExit(f"{self.log.name} exited:\n{self.log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        raise SystemExit(f"{self.log.name}: no {text!r} within {timeout}s")
-
-    def peak_rss_mb(self) -> float:
-        """The process's peak resident size so far (VmHWM)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self._file.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time a live process has used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0  # gone meanwhile
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stack_cpu(own: dict[str, Process]) -> dict[str, float]:
-    """CPU seconds so far of our processes, and of PostgreSQL's and RabbitMQ's (by name)."""
-    totals = {name: cpu_seconds(process.proc.pid) for name, process in own.items()}
-    totals |= {"postgres": 0.0, "rabbitmq": 0.0}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "comm").read_text().strip()
-        except OSError:
-            continue
-        if command.startswith("postgres"):
-            totals["postgres"] += cpu_seconds(int(entry.name))
-        elif command.startswith("beam"):
-            totals["rabbitmq"] += cpu_seconds(int(entry.name))
-    return totals
-
-
-def cpu_per_call(before: dict[str, float], after: dict[str, float], calls: int) -> dict[str, int]:
-    """Microseconds of CPU per call, by process (backends that exited meanwhile not counted)."""
-    return {name: round((after[name] - before[name]) / max(calls, 1) * 1e6) for name in after}
-
-
-def run_phase(pool: ProcessPoolExecutor, jobs: list[Job]) -> Result:
-    total = Result()
-    for result in pool.map(run_job, jobs):
-        total.calls += result.calls
-        total.errors += result.errors
-        total.seconds = max(total.seconds, result.seconds)
-        total.latencies += result.latencies
-        total.operation_ids += result.operation_ids
-        for code, n in result.error_codes.items():
-            total.error_codes[code] = total.error_codes.get(code, 0) + n
-    return total
-
-
-def split(items: list[str], parts: int) -> list[list[str]]:
-    return [items[i::parts] for i in range(parts)]
+from service.domain.ids import IMAGE_PREFIX, OPERATION_PREFIX, new_id
 
 
 async def insert_images(url: str, count: int) -> list[str]:
@@ -227,14 +143,6 @@ async def drain(url: str, timeout: float = 300) -> None:
                 return
             await asyncio.sleep(0.2)
         raise SystemExit(f"the workers did not finish the backlog in {timeout}s")
-    finally:
-        await conn.close()
-
-
-async def drop_database(name: str) -> None:
-    conn = await asyncpg.connect(ADMIN_URL)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
 
@@ -381,6 +289,14 @@ def main() -> int:
         "--metrics-ab-control",
         action="store_true",
         help="the same rounds with metrics off in both APIs: the noise floor of the comparison",
+    )
+    parser.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="skip the comparison with the conventional Celery build (bench.compare)",
+    )
+    parser.add_argument(
+        "--no-scale", action="store_true", help="skip the scale phases (bench.scale)"
     )
     parser.add_argument("--smoke", action="store_true", help="seconds-long phases, no verdicts")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file")
@@ -602,6 +518,19 @@ def main() -> int:
         subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
         subprocess.run(["rabbitmqctl", "-q", "delete_queue", f"{queue}.dead"], capture_output=True)
 
+    if not args.no_compare:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            figures["compare"] = compare.compare(
+                pool,
+                logs,
+                seconds=1 if args.smoke else args.seconds,
+                images=1500 if args.smoke else 12000,
+            )
+    if not args.no_scale:
+        figures["scale"] = scale.run(args.smoke, logs=logs)
+    echo_cpu = figures["cpu_us_per_echo"]["echo"]
+    update_cpu = sum(figures["cpu_us_per_update"].values())
+    figures["update_cpu_ratio_to_echo"] = round(update_cpu / max(echo_cpu, 1), 2)
     out.write_text(json.dumps(figures, indent=2))
     rows = [
         ("echo (bare grpc.aio unary)", f"{figures['echo_per_second']:.0f}/s", "1.00"),
@@ -613,7 +542,14 @@ def main() -> int:
         (
             "OperationService.Get",
             f"{figures['get_per_second']:.0f}/s",
-            f"{figures['get_ratio_to_echo']:.2f}",
+            f"{figures['get_ratio_to_echo']:.2f}"
+            + _verdict(figures["get_ratio_to_echo"] >= 0.85, "≥ 0.85"),
+        ),
+        (
+            "whole-stack CPU per Update (API+worker+PG+RMQ)",
+            f"{update_cpu} µs",
+            f"{figures['update_cpu_ratio_to_echo']:.2f} x echo's CPU per call"
+            + _verdict(figures["update_cpu_ratio_to_echo"] <= 4, "≤ 4"),
         ),
         (
             "REST GET /operations/{id}",
@@ -672,8 +608,20 @@ def main() -> int:
             )
         )
     print(f"errors: {json.dumps(figures['errors'])}")
+    if "compare" in figures:
+        print(
+            "\nAgainst a conventional Celery build (bench.compare), one load process, SDK-shaped:"
+        )
+        print(compare.table(figures["compare"]))
+    if "scale" in figures:
+        print("\nCost at scale (bench.scale), whole-stack CPU per Update:")
+        print(scale.table(figures["scale"]))
     print(f"JSON: {out}")
     return 0
+
+
+def _verdict(met: bool, target: str) -> str:
+    return f"  (target {target}: {'met' if met else 'missed'})"
 
 
 if __name__ == "__main__":
