@@ -203,7 +203,7 @@ class Stack:
     async def unfinished(self) -> int:
         """Every unfinished operation, from the folders' counts (one row per folder)."""
         return int(
-            await self.conn.fetchval("SELECT coalesce(sum(unfinished), 0) FROM folder_quotas")
+            await self.conn.fetchval("SELECT coalesce(sum(unfinished), 0) FROM folder_unfinished")
         )
 
     async def unpublished(self) -> int:

@@ -1,6 +1,7 @@
 """The per-folder quota of unfinished operations against the real PostgreSQL: calls racing in
-one folder cannot pass it together, and the count it reads (``folder_quotas``, kept by the
-trigger of migration 0007) follows every path that starts, finishes or removes an operation.
+one folder cannot pass it together, and the count it reads (``folder_unfinished``: accepted
+less released, kept by the trigger of migrations 0007 and 0009) follows every path that
+starts, finishes or removes an operation.
 """
 
 from __future__ import annotations
@@ -13,11 +14,20 @@ import asyncpg
 import pytest
 
 from service.adapters.postgres import Postgres
+from service.adapters.postgres.accept import PostgresAccepts
 from service.adapters.postgres.database import Database
 from service.domain import ids
 from service.domain.auth import Principal, Role
 from service.domain.errors import ResourceExhausted
-from service.domain.model import IdempotencyKey, Image, ImageStatus, NewImage, OperationKind, utcnow
+from service.domain.model import (
+    IdempotencyKey,
+    Image,
+    ImageChange,
+    ImageStatus,
+    NewImage,
+    OperationKind,
+    utcnow,
+)
 from service.runtime.waiters import OperationWaiters
 from service.usecases.execute import Executor
 from service.usecases.images import Images, new_operation
@@ -76,7 +86,8 @@ async def test_fifty_creates_racing_for_ten_places_accept_exactly_ten(racing: Po
 async def test_updates_racing_together_and_alone_accept_exactly_the_quota(
     racing: Postgres, db: asyncpg.Pool
 ):
-    """Updates without a key go in group commits, those with one alone; both share one count."""
+    """Updates with and without keys, batched together or handed back alone, share one
+    count."""
     f = folder()
     caller = Principal(subject="tester", role=Role.EDITOR, folders=frozenset({f}))
     images = Images(
@@ -98,10 +109,48 @@ async def test_updates_racing_together_and_alone_accept_exactly_the_quota(
     assert Counter(map(outcome, results)) == {"accepted": QUOTA, "RESOURCE_EXHAUSTED": 30}
 
 
+async def test_accepts_do_not_wait_for_a_finish_in_their_folder(racing: Postgres, db: asyncpg.Pool):
+    """A transaction finishing an operation holds its folder's release row, not the row the
+    folder's accepts take turns on: an Update of the folder is accepted meanwhile. Until the
+    finish commits, the accept counts that operation as unfinished (stricter, never looser)."""
+    f = folder()
+    accepts = PostgresAccepts(racing.db, max_unfinished_per_folder=2)
+    first, second, third = [await add_image(db, f) for _ in range(3)]
+    running = await accepts.begin_update(
+        new_operation(OperationKind.UPDATE_IMAGE, first, "", "tester"), ImageChange(description="1")
+    )
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE operations SET done = true, response = '{}' WHERE id = $1", running.operation.id
+        )
+        # The quota (2) has room for one more while the finish is not committed.
+        await asyncio.wait_for(
+            accepts.begin_update(
+                new_operation(OperationKind.UPDATE_IMAGE, second, "", "tester"),
+                ImageChange(description="2"),
+            ),
+            timeout=5,
+        )
+        with pytest.raises(ResourceExhausted):
+            await asyncio.wait_for(
+                accepts.begin_update(
+                    new_operation(OperationKind.UPDATE_IMAGE, third, "", "tester"),
+                    ImageChange(description="3"),
+                ),
+                timeout=5,
+            )
+    # Committed, the finish frees its place.
+    await accepts.begin_update(
+        new_operation(OperationKind.UPDATE_IMAGE, third, "", "tester"), ImageChange(description="3")
+    )
+    kept, counted = await counts(db, [f])
+    assert kept == counted == {f: 2}
+
+
 async def counts(db: asyncpg.Pool, folders: list[str]) -> tuple[dict[str, int], dict[str, int]]:
     """Per folder: the kept count, and the count of its unfinished operations."""
     kept = await db.fetch(
-        "SELECT folder_id, unfinished FROM folder_quotas WHERE folder_id = ANY($1)", folders
+        "SELECT folder_id, unfinished FROM folder_unfinished WHERE folder_id = ANY($1)", folders
     )
     counted = await db.fetch(
         "SELECT folder_id, count(*) AS n FROM operations WHERE folder_id = ANY($1) AND NOT done"

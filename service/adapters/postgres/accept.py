@@ -69,13 +69,15 @@ WHERE idempotency_keys.caller = k.caller AND idempotency_keys.key = k.key
 """
 
 log = structlog.get_logger(__name__)
-# The folder's count of unfinished operations, its row locked to the end of the transaction
-# (created at 0 for a folder that has none yet). The trigger of migration 0007 adds the
-# operation this transaction inserts.
+# The folder's count of unfinished operations: its count of accepted ones, that row locked to
+# the end of the transaction (created at 0 for a folder that has none yet), less the count of
+# those finished, read without waiting for the paths that finish them (migration 0009). The
+# trigger adds the operation this transaction inserts.
 _LOCK_QUOTA = """
-INSERT INTO folder_quotas (folder_id, unfinished) VALUES ($1, 0)
-ON CONFLICT (folder_id) DO UPDATE SET unfinished = folder_quotas.unfinished
-RETURNING unfinished
+INSERT INTO folder_quotas (folder_id, accepted) VALUES ($1, 0)
+ON CONFLICT (folder_id) DO UPDATE SET accepted = folder_quotas.accepted
+RETURNING accepted - coalesce(
+    (SELECT released FROM folder_releases WHERE folder_releases.folder_id = $1), 0)
 """
 
 

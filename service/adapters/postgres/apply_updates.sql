@@ -1,7 +1,7 @@
 -- Updates applied and finished in one statement: what worker.py's transaction does with
 -- ImageChange.apply and Image.snapshot, for many at once. The operation rows are locked
--- first (as the transaction locks them), then the images, then the folders' quota rows (which
--- finishing lowers: the trigger of migration 0007), each in one order so that concurrent
+-- first (as the transaction locks them), then the images, then the folders' release rows (which
+-- finishing raises: the trigger of migrations 0007 and 0009), each in one order so that concurrent
 -- batches and the other paths wait for each other and never deadlock; the revision is
 -- counted. The property test
 -- tests/integration/test_rules_agree.py holds the two paths to the same result.
@@ -25,7 +25,7 @@ WITH operation AS (
     FOR UPDATE
 ), quota AS (
     -- After the images (all of them: the sort needs every one before it locks the first).
-    SELECT folder_id FROM folder_quotas
+    SELECT folder_id FROM folder_releases
     WHERE folder_id IN (SELECT folder_id FROM operation
                         WHERE image_id IN (SELECT id FROM locked))
     ORDER BY folder_id

@@ -31,12 +31,15 @@ WITH requested AS (
             AND other.id <> locked.id))
     ORDER BY locked.id, requested.n
 ), quota AS (
-    -- The folders' counts, their rows locked after the images and in one order (as accept.py
-    -- locks one), so racing accepts of a folder take turns.
-    INSERT INTO folder_quotas (folder_id, unfinished)
+    -- The folders' counts, their rows of accepts locked after the images and in one order (as
+    -- accept.py locks one), so racing accepts of a folder take turns; less what was finished
+    -- (migration 0009), read without waiting for the paths that finish operations.
+    INSERT INTO folder_quotas (folder_id, accepted)
     SELECT DISTINCT folder_id, 0 FROM startable ORDER BY folder_id
-    ON CONFLICT (folder_id) DO UPDATE SET unfinished = folder_quotas.unfinished
-    RETURNING folder_id, unfinished
+    ON CONFLICT (folder_id) DO UPDATE SET accepted = folder_quotas.accepted
+    RETURNING folder_id, accepted - coalesce(
+        (SELECT released FROM folder_releases
+         WHERE folder_releases.folder_id = folder_quotas.folder_id), 0) AS unfinished
 ), accepted AS (
     -- In the batch's order, each Update of a folder counts the ones accepted before it.
     SELECT startable.* FROM (
