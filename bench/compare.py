@@ -73,7 +73,7 @@ def whole_stack_cpu(stack: Stack) -> dict[tuple[str, int], float]:
 class ServiceStack:
     """This service: a migrated fresh database, the API and one worker process."""
 
-    def __init__(self, logs: Path, images: int) -> None:
+    def __init__(self, logs: Path, images: int, folders: int = 1) -> None:
         run = uuid.uuid4().hex[:8]
         self.database = f"imgsvc_compare_{run}"
         self._url = ADMIN_URL.rsplit("/", 1)[0] + f"/{self.database}"
@@ -100,7 +100,7 @@ class ServiceStack:
             .stdout.strip()
             .splitlines()[-1]
         )
-        self.image_ids = asyncio.run(_insert_images(self._url, images))
+        self.image_ids = asyncio.run(_insert_images(self._url, images, folders))
         self._api = Process(service, env, logs / "compare-api.log")
         self._worker = Process([sys.executable, "-m", "workers"], env, logs / "compare-worker.log")
         port = json.loads(self._api.wait_for('"api.started"'))["port"]
@@ -121,7 +121,8 @@ class ServiceStack:
             subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
 
 
-async def _insert_images(url: str, count: int) -> list[str]:
+async def _insert_images(url: str, count: int, folders: int = 1) -> list[str]:
+    """READY images, in one folder (as one busy client's) or spread over ``folders``."""
     from service.domain.ids import IMAGE_PREFIX, new_id
 
     ids = [new_id(IMAGE_PREFIX) for _ in range(count)]
@@ -129,7 +130,10 @@ async def _insert_images(url: str, count: int) -> list[str]:
     try:
         await conn.copy_records_to_table(
             "images",
-            records=[(i, FOLDER, f"c-{i}", 2) for i in ids],
+            records=[
+                (i, FOLDER if folders == 1 else f"{FOLDER}-{n % folders}", f"c-{i}", 2)
+                for n, i in enumerate(ids)
+            ],
             columns=["id", "folder_id", "name", "status"],
         )
         await conn.execute("ANALYZE images")
