@@ -56,17 +56,25 @@ class Infrastructure:
 
 
 async def start_infrastructure(
-    settings: Settings, *, broker_wait: float, stop: asyncio.Event | None = None
+    settings: Settings,
+    *,
+    broker_wait: float,
+    stop: asyncio.Event | None = None,
+    generic_plans: bool = False,
 ) -> Infrastructure | None:
     """Connect to the database (retrying until ``STARTUP_TIMEOUT_SECONDS``), check that it
     has this version's schema (``SetupError`` if not), and start
     connecting to the broker, waiting for it at most ``broker_wait`` seconds.
+    ``generic_plans``: see ``Database.connect`` (the API's processes, not the workers).
 
     ``None`` once ``stop`` is set before that is done (a SIGTERM during start-up): whatever
     was started is closed again, and the process can exit at once.
     """
     postgres = await unless_stopped(
-        stop, connect_database(settings, deadline=settings.startup_timeout_seconds)
+        stop,
+        connect_database(
+            settings, deadline=settings.startup_timeout_seconds, generic_plans=generic_plans
+        ),
     )
     if postgres is None:
         return None

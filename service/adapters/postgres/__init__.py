@@ -41,8 +41,11 @@ class Postgres:
         )
 
     @classmethod
-    async def connect(cls, settings: Settings, *, deadline: float) -> Postgres:
-        """Connect, retrying while the database is unreachable, for ``deadline`` seconds."""
+    async def connect(
+        cls, settings: Settings, *, deadline: float, generic_plans: bool = False
+    ) -> Postgres:
+        """Connect, retrying while the database is unreachable, for ``deadline`` seconds
+        (``generic_plans``: see ``Database.connect``)."""
         async for attempt in retrying("database.connect", on=Unavailable, timeout=deadline):
             with attempt:
                 db = await Database.connect(
@@ -50,6 +53,7 @@ class Postgres:
                     min_size=settings.db_pool_min,
                     max_size=settings.db_pool_max,
                     command_timeout=settings.db_command_timeout_seconds,
+                    generic_plans=generic_plans,
                 )
                 return cls.over(db, settings.max_unfinished_operations_per_folder)
         raise AssertionError("retrying returned without a result or an error")

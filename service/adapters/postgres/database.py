@@ -101,8 +101,20 @@ class Database:
 
     @classmethod
     async def connect(
-        cls, dsn: str, *, min_size: int, max_size: int, command_timeout: float
+        cls,
+        dsn: str,
+        *,
+        min_size: int,
+        max_size: int,
+        command_timeout: float,
+        generic_plans: bool = False,
     ) -> Database:
+        """A pool of connections. ``generic_plans``: each prepared statement is planned once
+        per connection (``plan_cache_mode = force_generic_plan``), for a process whose
+        statements look rows up by key (the API), never for one whose statements select by
+        ranges of time (the worker's retention and sweeper), where a plan for the values at
+        hand can be much better."""
+        plans = {"plan_cache_mode": "force_generic_plan"} if generic_plans else {}
         with translate_errors():
             pool = await asyncpg.create_pool(
                 dsn,
@@ -117,6 +129,7 @@ class Database:
                     # rolls back, instead of holding its row locks until the lock is granted.
                     "client_connection_check_interval": "1000",
                     "idle_in_transaction_session_timeout": "60000",
+                    **plans,
                 },
             )
         return cls(pool, acquire_timeout=command_timeout)

@@ -49,11 +49,13 @@ def _setup_error(exc: BaseException, settings: Settings) -> Exception | None:
     return None
 
 
-async def connect_database(settings: Settings, *, deadline: float) -> Postgres:
+async def connect_database(
+    settings: Settings, *, deadline: float, generic_plans: bool = False
+) -> Postgres:
     """``Postgres.connect`` (retrying an unreachable server for ``deadline`` seconds), its
     expected failures raised as ``SetupError``s."""
     try:
-        return await Postgres.connect(settings, deadline=deadline)
+        return await Postgres.connect(settings, deadline=deadline, generic_plans=generic_plans)
     except (asyncpg.PostgresError, Unavailable) as exc:
         error = _setup_error(exc, settings)
         if error is None:

@@ -138,7 +138,11 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    infra = await start_infrastructure(settings, broker_wait=BROKER_STARTUP_WAIT_SECONDS, stop=stop)
+    # The API's statements look rows up by key: planned once per connection (the group
+    # commit's was planned anew on about half its runs, 200 µs of PostgreSQL CPU per Update).
+    infra = await start_infrastructure(
+        settings, broker_wait=BROKER_STARTUP_WAIT_SECONDS, stop=stop, generic_plans=True
+    )
     if infra is None:
         log.info("api.stopped", before_start=True)
         return
