@@ -57,6 +57,7 @@ from bench.stack import (
     cpu_per_call,
     cpu_seconds,
     drop_database,
+    migrate_and_token,
     run_phase,
     split,
     stack_cpu,
@@ -327,37 +328,7 @@ def main() -> int:
         DOWNLOAD_ALLOWED_NETWORKS="127.0.0.0/8",  # the large Create's file server
         METRICS_LISTEN="127.0.0.1:0" if args.metrics else "",
     )
-    subprocess.run(
-        [sys.executable, "-m", "service", "migrate"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    token = (
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "service",
-                "token",
-                "create",
-                "--subject",
-                "bench",
-                "--folder",
-                "*",
-                "--role",
-                "editor",
-            ],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        .stdout.strip()
-        .splitlines()[-1]
-    )
+    token = migrate_and_token(env)
 
     processes: list[Process] = []
     figures: dict[str, Any] = {}

@@ -37,12 +37,12 @@ from bench.load import Job, Result, run_job
 from bench.stack import (
     ADMIN_URL,
     AMQP_URL,
-    ROOT,
     Process,
     _env,
     cpu_between,
     cpu_seconds,
     drop_database,
+    migrate_and_token,
     stack_sample,
 )
 
@@ -90,18 +90,9 @@ class ServiceStack:
             MAX_UNFINISHED_OPERATIONS_PER_FOLDER="10000000",
             DB_POOL_MAX="20",
         )
-        service = [sys.executable, "-m", "service"]
-        token = ["token", "create", "--subject", "bench", "--folder", "*", "--role", "editor"]
-        subprocess.run([*service, "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
-        self.token = (
-            subprocess.run(
-                [*service, *token], cwd=ROOT, env=env, check=True, capture_output=True, text=True
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        self.token = migrate_and_token(env)
         self.image_ids = asyncio.run(_insert_images(self._url, images, folders))
-        self._api = Process(service, env, logs / "compare-api.log")
+        self._api = Process([sys.executable, "-m", "service"], env, logs / "compare-api.log")
         self._worker = Process([sys.executable, "-m", "workers"], env, logs / "compare-worker.log")
         port = json.loads(self._api.wait_for('"api.started"'))["port"]
         self.address = f"127.0.0.1:{port}"

@@ -65,6 +65,7 @@ from bench.stack import (
     _env,
     cpu_between,
     drop_database,
+    migrate_and_token,
     run_phase,
     split,
     stack_sample,
@@ -516,21 +517,6 @@ async def run_phases(stack: Stack) -> list[dict[str, Any]]:
     return phases
 
 
-def create_token(env: dict[str, str]) -> str:
-    created = subprocess.run(
-        [
-            *(sys.executable, "-m", "service", "token", "create"),
-            *("--subject", "scale", "--folder", "*", "--role", "editor"),
-        ],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return created.stdout.strip().splitlines()[-1]
-
-
 async def _measure(
     sizes: Sizes, names: tuple[str, str, str], api: Process, token: str, workers: Workers
 ) -> list[dict[str, Any]]:
@@ -592,14 +578,7 @@ def run(
     workers = Workers(env, logs, restart_worker)
     api: Process | None = None
     try:
-        subprocess.run(
-            [sys.executable, "-m", "service", "migrate"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        token = create_token(env)
+        token = migrate_and_token(env, "scale")
         api = Process([sys.executable, "-m", "service"], env, logs / "api.log")
         phases = asyncio.run(_measure(sizes, (database, url, queue), api, token, workers))
     finally:

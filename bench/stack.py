@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -69,6 +70,21 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self._file.close()
+
+
+def migrate_and_token(env: dict[str, str], subject: str = "bench") -> str:
+    """Migrate the database ``env`` names, and create an editor token of every folder."""
+    service = [sys.executable, "-m", "service"]
+    subprocess.run([*service, "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
+    created = subprocess.run(
+        [*service, "token", "create", "--subject", subject, "--folder", "*", "--role", "editor"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return created.stdout.strip().splitlines()[-1]
 
 
 def cpu_seconds(pid: int) -> float:

@@ -17,16 +17,15 @@ import pytest
 
 from service.domain.ids import IMAGE_PREFIX, OPERATION_PREFIX, new_id
 from tests.e2e.client import create_ready_image, folder, rpc_error, unique
-from tests.e2e.rest import IMAGES, Rest, grpc_error_json, http_port
+from tests.e2e.rest import IMAGES, Answer, Rest, grpc_error_json, http_port
 from tests.e2e.test_security import (
-    backend_waiting_on_lock,
     get_image,
     insert_image,
     make_token,
     stubs,
     token_command,
 )
-from tests.support import connect, eventually
+from tests.support import backend_blocked_by, connect, eventually
 from yandex.cloud.baremetal.v1alpha import image_service_pb2
 
 INVALID_KEY_HEADERS = ("", "Basic x", "Bearer", "Bearer not-a-token")
@@ -270,7 +269,7 @@ async def test_requests_over_the_concurrency_limit_are_429(
         await conn.execute(
             "SELECT 1 FROM images WHERE id = ANY($1::text[]) FOR UPDATE", [first, second]
         )
-        # Keyed, so each is accepted by a transaction of its own (not batched together).
+        holder = await conn.fetchval("SELECT pg_backend_pid()")
         held = [
             asyncio.ensure_future(
                 rest.ok(
@@ -282,18 +281,17 @@ async def test_requests_over_the_concurrency_limit_are_429(
             )
             for image_id in (first, second)
         ]
+        # Both wait on the images this transaction holds (in one group commit, or two).
+        await eventually(lambda: backend_blocked_by(db, holder), what="an Update to wait")
 
-        async def both_waiting() -> bool:
-            count = await db.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query ILIKE '%UPDATE images%'"
-            )
-            return count >= 2
+        async def refused() -> Answer | None:
+            answer = await rest.get(IMAGES, params={"folderId": folder_id})
+            return answer if answer.status == 429 else None
 
-        await eventually(both_waiting, what="two Updates to be in flight")
-        assert await backend_waiting_on_lock(db, "images")
-        answer = await rest.get(IMAGES, params={"folderId": folder_id})
-        assert (answer.status, answer.error()["code"]) == (429, 8)
+        # A third request is refused once both held ones are counted.
+        answer = await eventually(refused, what="a request over the limit to be refused")
+        assert not any(h.done() for h in held)
+        assert answer.error()["code"] == 8
         assert answer.error()["message"] == "Too many concurrent requests"
     started = time.monotonic()
     assert all(op["id"] for op in await asyncio.gather(*held))
