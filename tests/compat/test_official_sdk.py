@@ -28,6 +28,9 @@ SDK_CLIENT = Path(__file__).resolve().parent / "official_sdk_client.py"
 CLIENT_DEADLINE = 240.0
 
 
+CONTROL_FRAME_BYTES = 100
+
+
 class RequestDroppingProxy:
     """A TCP forwarder to the API. After ``drop_next_request()``, the next bytes any client
     sends are not forwarded: their connection is closed instead, so the request they carry is
@@ -62,7 +65,9 @@ class RequestDroppingProxy:
 
         async def client_to_api() -> None:
             while data := await client_reader.read(65536):
-                if self._armed:
+                # HTTP/2 control frames (PING, WINDOW_UPDATE, SETTINGS: under 60 bytes in
+                # TLS) pass even while armed: what is lost is the next request.
+                if self._armed and len(data) > CONTROL_FRAME_BYTES:
                     self._armed = False
                     self.dropped.append(len(data))
                     return  # closes both sides below, the data unsent
@@ -221,9 +226,6 @@ async def test_the_official_sdk_discovers_waits_retries_and_raises_its_errors(
     # the same loss is UNAVAILABLE.
     assert asked == ["with RetryPolicy", "without RetryPolicy"]
     assert len(proxy.dropped) == 2, proxy.dropped
-    # What was lost were the requests (about 200 bytes in TLS), not HTTP/2 control frames
-    # (PING, WINDOW_UPDATE, SETTINGS: under 60 bytes).
-    assert min(proxy.dropped) > 100, proxy.dropped
     assert summary["retried_get"]["done"] is True
     assert summary["retried_get"]["operation_id"] == updated["operation_id"]
     assert summary["unretried_get"]["code"] == "UNAVAILABLE", summary["unretried_get"]

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import asyncpg
 import pytest
 
 from service.adapters.postgres import Postgres
 from service.adapters.postgres.database import Database
+from tests.conftest import database_url_for, drop_database, migrate
 
 
 @pytest.fixture
@@ -18,3 +21,22 @@ async def store(database_url: str) -> AsyncIterator[Postgres]:
     store = Postgres.over(db)
     yield store
     await store.close()
+
+
+@asynccontextmanager
+async def own_database(run_id: str, label: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    """A fresh, migrated database of one module's own, and a pool over it.
+
+    For tests of what looks at every operation (the relay, the sweeper): on the run's shared
+    database the workers that the end-to-end tests started keep running their own relay and
+    sweeper, and would take this module's operations from under it.
+    """
+    name = f"imgsvc_test_{run_id}_{label}"
+    url = database_url_for(name)
+    migrate(url)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+    try:
+        yield url, pool
+    finally:
+        await pool.close()
+        await drop_database(name)
