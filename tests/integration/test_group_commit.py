@@ -265,6 +265,25 @@ async def test_a_key_taken_by_a_racing_call_hands_the_batch_back(store, db, brok
     assert await db.fetchval("SELECT status FROM images WHERE id = $1", raced) == READY
 
 
+async def test_an_accepted_update_is_answered_with_the_times_its_row_keeps(store, db):
+    """A replay reads the operation back from its row: the first answer must say the same.
+    Both times are one reading of the clock, in a batch and alone."""
+    f = folder()
+    batch = [update(await add_image(db, f), ImageChange(description="d")) for _ in range(200)]
+    answered = [op for op in await store.accepts.begin_updates(batch) if op]
+    alone = update(await add_image(db, f), ImageChange(description="d"))
+    answered.append((await store.accepts.begin_update(alone.operation, alone.change)).operation)
+    rows = {
+        r["id"]: (r["created_at"], r["modified_at"])
+        for r in await db.fetch(
+            "SELECT id, created_at, modified_at FROM operations WHERE id = ANY($1)",
+            [op.id for op in answered],
+        )
+    }
+    assert len(answered) == 201
+    assert {op.id: (op.created_at, op.modified_at) for op in answered} == rows
+
+
 async def test_batches_sharing_images_in_opposite_orders_do_not_deadlock(store, db):
     """Both batches queue behind a session holding the images, then go one after the other."""
     f = folder()

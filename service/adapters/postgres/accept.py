@@ -42,12 +42,13 @@ from service.runtime import tracing
 from service.usecases.ports import Accepted, NewUpdate
 
 # created_at is the database's clock at the moment of acceptance: one clock for every API
-# process, and an order of acceptance that holds even for requests that raced. trace_context
+# process, and an order of acceptance that holds even for requests that raced. It is read once
+# for both times, which the caller is answered with (a replay reads them back from the row). trace_context
 # is the accepting call's (runtime/tracing), for the relay to send the operation in its trace.
 _INSERT_OPERATION = """
 INSERT INTO operations (id, kind, image_id, folder_id, description, created_at, created_by,
                         modified_at, request, trace_context)
-VALUES ($1, $2, $3, $4, $5, clock_timestamp(), $6, clock_timestamp(), $7, $8)
+SELECT $1, $2, $3, $4, $5, at, $6, at, $7, $8 FROM (SELECT clock_timestamp() AS at) clock
 RETURNING created_at
 """
 _BEGIN_UPDATES = load_sql("begin_updates.sql")

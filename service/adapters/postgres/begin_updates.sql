@@ -54,10 +54,11 @@ WITH requested AS (
     WHERE images.id = accepted.image_id
     RETURNING accepted.*
 )
--- The trigger of migration 0007 adds each inserted operation to its folder's count.
+-- The trigger of migration 0007 adds each inserted operation to its folder's count. One
+-- reading of the clock per operation, for both its times: the caller is answered with them.
 INSERT INTO operations (id, kind, image_id, folder_id, description, created_at, created_by,
                         modified_at, request, trace_context)
-SELECT operation_id, 'update_image', image_id, folder_id, $8, clock_timestamp(), created_by,
-       clock_timestamp(), request, trace_context
-FROM image
+SELECT operation_id, 'update_image', image_id, folder_id, $8, at, created_by,
+       at, request, trace_context
+FROM image CROSS JOIN LATERAL (SELECT clock_timestamp() AS at) clock
 RETURNING id, folder_id, created_at
