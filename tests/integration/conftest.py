@@ -40,3 +40,24 @@ async def own_database(run_id: str, label: str) -> AsyncIterator[tuple[str, asyn
     finally:
         await pool.close()
         await drop_database(name)
+
+
+def own_database_fixtures(label: str) -> tuple[object, object, object]:
+    """The fixtures ``own``, ``database_url`` and ``db`` of a module that needs a database of
+    its own (``own_database`` says when): assigned to those names in the module, they replace
+    the run's shared database for every fixture the module uses."""
+
+    @pytest.fixture(scope="module", name="own")
+    async def own(run_id: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+        async with own_database(run_id, label) as made:
+            yield made
+
+    @pytest.fixture(scope="module", name="database_url")
+    def database_url(own: tuple[str, asyncpg.Pool]) -> str:
+        return own[0]
+
+    @pytest.fixture(scope="module", name="db")
+    def db(own: tuple[str, asyncpg.Pool]) -> asyncpg.Pool:
+        return own[1]
+
+    return own, database_url, db

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -17,9 +16,12 @@ from service.adapters.postgres import Postgres
 from service.adapters.postgres.database import Database
 from service.domain.model import ImageChange
 from service.usecases.outbox import RELAY_BATCH, publish_pending
-from tests.integration.conftest import own_database
+from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import add_image, folder, update
 from tests.support import eventually
+
+# A database of this module's own, not the run's shared one (see conftest.own_database).
+own, database_url, db = own_database_fixtures("relay")
 
 APPLICATION = "relay-claims-test"
 
@@ -54,23 +56,6 @@ async def unpublished_operations(store: Postgres, db: asyncpg.Pool, count: int) 
         accepted,
     )
     return accepted
-
-
-@pytest.fixture(scope="module")
-async def own(run_id: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
-    async with own_database(run_id, "relay") as made:
-        yield made
-
-
-@pytest.fixture(scope="module")
-def database_url(own: tuple[str, asyncpg.Pool]) -> str:
-    """This module's own database (``own_database``), not the run's shared one."""
-    return own[0]
-
-
-@pytest.fixture(scope="module")
-def db(own: tuple[str, asyncpg.Pool]) -> asyncpg.Pool:
-    return own[1]
 
 
 @pytest.fixture

@@ -20,27 +20,13 @@ from service.domain.model import ImageChange
 from service.entrypoints.worker import WorkerPool
 from service.runtime.settings import Settings
 from tests.conftest import AMQP_URL
-from tests.integration.conftest import own_database
+from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import add_image, folder, update
 
+# A database of this module's own, not the run's shared one (see conftest.own_database).
+own, database_url, db = own_database_fixtures("sweeper")
+
 REPUBLISH_AFTER = 1800.0  # published an hour ago (below): older than this
-
-
-@pytest.fixture(scope="module")
-async def own(run_id: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
-    async with own_database(run_id, "sweeper") as made:
-        yield made
-
-
-@pytest.fixture(scope="module")
-def database_url(own: tuple[str, asyncpg.Pool]) -> str:
-    """This module's own database (``own_database``), not the run's shared one."""
-    return own[0]
-
-
-@pytest.fixture(scope="module")
-def db(own: tuple[str, asyncpg.Pool]) -> asyncpg.Pool:
-    return own[1]
 
 
 @pytest.fixture

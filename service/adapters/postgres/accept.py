@@ -43,8 +43,9 @@ from service.usecases.ports import Accepted, NewUpdate
 
 # created_at is the database's clock at the moment of acceptance: one clock for every API
 # process, and an order of acceptance that holds even for requests that raced. It is read once
-# for both times, which the caller is answered with (a replay reads them back from the row). trace_context
-# is the accepting call's (runtime/tracing), for the relay to send the operation in its trace.
+# for both times, which the caller is answered with (a replay reads them back from the row).
+# trace_context is the accepting call's (runtime/tracing), for the relay to send the operation
+# in its trace.
 _INSERT_OPERATION = """
 INSERT INTO operations (id, kind, image_id, folder_id, description, created_at, created_by,
                         modified_at, request, trace_context)
