@@ -1,8 +1,8 @@
 """The composition root: the one place that builds adapters and use cases and wires them.
 
-Both processes start here: the API (``entrypoints/grpc/server.py``) and the workers
+Both processes start here: the API (``entrypoints/api.py``) and the workers
 (``entrypoints/worker.py``) call ``start_infrastructure`` and then ``build_api`` or
-``build_workers``; every background task runs under the returned ``Supervisor``.
+``build_executor``; every background task runs under the returned ``Supervisor``.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def network_policy(settings: Settings) -> NetworkPolicy:
 
 
 @dataclass(frozen=True)
-class Api:
+class ApiUseCases:
     """The API's use cases, and what its call frame needs."""
 
     images: Images
@@ -117,7 +117,7 @@ class Api:
     recent: RecentOperations  # the operations console's read
 
 
-def build_api(infra: Infrastructure, encode: Encode) -> Api:
+def build_api(infra: Infrastructure, encode: Encode) -> ApiUseCases:
     """The API's use cases over the infrastructure, with their background tasks started.
 
     ``encode`` is the entry point's wire form of an operation (finished ones are kept
@@ -138,7 +138,7 @@ def build_api(infra: Infrastructure, encode: Encode) -> Api:
     )
     operations = Operations(
         postgres.reads,
-        postgres.operations,
+        postgres.finishes,
         waiters,
         encode=encode,
         cache_size=settings.operation_cache_size,
@@ -148,7 +148,7 @@ def build_api(infra: Infrastructure, encode: Encode) -> Api:
         str(settings.database_url), operations.operation_finished, waiters.wake_all
     )
     infra.supervisor.start("done-listener", listener.run)
-    return Api(
+    return ApiUseCases(
         images=images,
         operations=operations,
         marks=marks,
@@ -168,7 +168,7 @@ def build_executor(infra: Infrastructure) -> Executor:
         stall_timeout=settings.download_stall_seconds,
     )
     return Executor(
-        infra.postgres.operations,
+        infra.postgres.finishes,
         downloader,
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,

@@ -29,7 +29,7 @@ from service.domain.model import OperationKind as Kind
 from service.runtime import tracing
 from service.runtime.batching import MicroBatcher
 from service.runtime.retry import retrying
-from service.usecases.ports import Downloaded, Downloader, Operations, OperationTransaction
+from service.usecases.ports import Downloaded, Downloader, Finishes, OperationTransaction
 from service.usecases.undo import end_with_error
 
 log = structlog.get_logger(__name__)
@@ -44,7 +44,7 @@ def _error(exc: ServiceError) -> OperationError:
 class Executor:
     def __init__(
         self,
-        operations: Operations,
+        operations: Finishes,
         downloader: Downloader,
         *,
         lease_seconds: float,

@@ -17,8 +17,7 @@ from service.runtime import metrics
 from service.runtime.batching import MicroBatcher
 from service.runtime.lru import Lru
 from service.runtime.waiters import OperationWaiters
-from service.usecases.ports import Operations as OperationStore
-from service.usecases.ports import Reads
+from service.usecases.ports import Finishes, Reads
 from service.usecases.undo import end_with_error
 
 log = structlog.get_logger(__name__)
@@ -75,7 +74,7 @@ class Operations:
     def __init__(
         self,
         reads: Reads,
-        store: OperationStore,
+        store: Finishes,
         waiters: OperationWaiters,
         *,
         encode: Encode,

@@ -126,7 +126,7 @@ async def stuck_operations(
     return await queries.unfinished_operations(older_than_seconds, limit)
 
 
-def progress(record: OperationRecord, now: datetime) -> str:
+def pipeline_state(record: OperationRecord, now: datetime) -> str:
     """Where an unfinished operation is in the pipeline, in words."""
     if record.done:
         return "done"

@@ -144,7 +144,7 @@ class OperationTransaction(Protocol):
         ...
 
 
-class Operations(Protocol):
+class Finishes(Protocol):
     """What carrying out, cancelling and abandoning operations needs."""
 
     def transaction(self) -> AbstractAsyncContextManager[OperationTransaction]: ...

@@ -27,7 +27,7 @@ class Progress(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-def progress(recent: RecentOperation) -> Progress:
+def console_progress(recent: RecentOperation) -> Progress:
     operation = recent.operation
     if not operation.done:
         return Progress.RUNNING if recent.attempts > 0 else Progress.ACCEPTED

@@ -9,8 +9,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service.domain.endpoints import SERVICE_IDS
+from service.entrypoints.api import SERVICE_NAMES
 from service.entrypoints.grpc.calls import PUBLIC_METHODS
-from service.entrypoints.grpc.server import SERVICE_NAMES
 from tests.e2e.client import rpc_error, violated_fields
 from yandex.cloud.endpoint import api_endpoint_service_pb2, api_endpoint_service_pb2_grpc
 

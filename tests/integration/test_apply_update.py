@@ -19,7 +19,7 @@ READY, UPDATING = int(ImageStatus.READY), int(ImageStatus.UPDATING)
 
 
 async def apply_one(store: Store, operation_id: str) -> bool:
-    [finished] = await store.operations.apply_updates([operation_id])
+    [finished] = await store.finishes.apply_updates([operation_id])
     return finished
 
 
@@ -75,7 +75,7 @@ async def test_one_statement_does_what_the_transaction_does(store, db, case):
         if one_statement:
             assert await apply_one(store, operation_id)
         else:
-            async with store.operations.transaction() as tx:
+            async with store.finishes.transaction() as tx:
                 claimed = await tx.lock_operation(operation_id)
                 assert claimed is not None
                 await _apply_update(tx, claimed)
@@ -170,7 +170,7 @@ async def test_a_batch_of_updates_is_finished_in_one_statement(store, db):
     images = [await add_image(db, f) for _ in range(4)]
     operations = [await started(store, i, ImageChange(description=i)) for i in images]
     unknown = ids.new_id(ids.OPERATION_PREFIX)
-    finished = await store.operations.apply_updates([*operations, unknown, operations[0]])
+    finished = await store.finishes.apply_updates([*operations, unknown, operations[0]])
     assert finished == [True, True, True, True, False, True]
     for image_id, operation_id in zip(images, operations, strict=True):
         image, operation = await state(db, image_id, operation_id)
@@ -188,7 +188,7 @@ async def test_a_taken_name_leaves_the_whole_batch_to_the_transaction(store, db)
     renamed = await add_image(db, f)
     rename_op = await started(store, renamed, ImageChange(name="late"))
     await add_image(db, f, name="late")
-    assert await store.operations.apply_updates([plain_op, rename_op]) == [False, False]
+    assert await store.finishes.apply_updates([plain_op, rename_op]) == [False, False]
     for image_id, operation_id in ((plain, plain_op), (renamed, rename_op)):
         image, operation = await state(db, image_id, operation_id)
         assert image["status"] == UPDATING
@@ -203,8 +203,8 @@ async def test_batches_sharing_operations_in_opposite_orders_do_not_deadlock(sto
     op_b = await started(store, b, ImageChange(description="b"))
     async with db.acquire() as conn, conn.transaction():
         await conn.execute("SELECT 1 FROM images WHERE id = ANY($1) FOR UPDATE", [a, b])
-        first = asyncio.create_task(store.operations.apply_updates([op_a, op_b]))
-        second = asyncio.create_task(store.operations.apply_updates([op_b, op_a]))
+        first = asyncio.create_task(store.finishes.apply_updates([op_a, op_b]))
+        second = asyncio.create_task(store.finishes.apply_updates([op_b, op_a]))
 
         async def waiting() -> bool:
             return await backend_waiting_on_lock(db, "operation")

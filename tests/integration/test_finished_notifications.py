@@ -48,7 +48,7 @@ async def test_a_finished_update_is_told_exactly_as_it_reads(store, db, notifica
     [operation] = await store.accepts.begin_updates(
         [update(image_id, ImageChange(description="told"))]
     )
-    assert await store.operations.apply_updates([operation.id]) == [True]
+    assert await store.finishes.apply_updates([operation.id]) == [True]
     payload = await told(notifications, operation.id)
     operation_id, from_payload = finished_operation(payload)
     assert operation_id == operation.id
@@ -62,7 +62,7 @@ async def test_a_cancelled_operation_is_told_with_its_error(store, db, notificat
         [update(image_id, ImageChange(description="x"))]
     )
     operations = Operations(
-        store.reads, store.operations, OperationWaiters(), encode=lambda _: b"", cache_size=0
+        store.reads, store.finishes, OperationWaiters(), encode=lambda _: b"", cache_size=0
     )
     await operations.cancel_operation(operation.id, EDITOR)
     payload = await told(notifications, operation.id)
@@ -80,7 +80,7 @@ async def test_an_operation_too_large_to_tell_is_announced_by_its_id(store, db, 
     await db.execute(
         "UPDATE images SET labels = $2::jsonb WHERE id = $1", image_id, json.dumps(labels)
     )
-    assert await store.operations.apply_updates([operation.id]) == [True]
+    assert await store.finishes.apply_updates([operation.id]) == [True]
     payload = await told(notifications, operation.id)
     assert payload == operation.id
     assert finished_operation(payload) == (operation.id, None)

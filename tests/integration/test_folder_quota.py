@@ -170,9 +170,9 @@ async def test_the_kept_count_follows_every_path(store: Postgres, db: asyncpg.Po
         store.accepts, store.reads, FakePublisher(), PublishedMarks(store.outbox), publish_timeout=1
     )
     operations = Operations(
-        store.reads, store.operations, OperationWaiters(), encode=lambda _: b"", cache_size=0
+        store.reads, store.finishes, OperationWaiters(), encode=lambda _: b"", cache_size=0
     )
-    executor = Executor(store.operations, FakeDownloader(), lease_seconds=30, max_attempts=5)
+    executor = Executor(store.finishes, FakeDownloader(), lease_seconds=30, max_attempts=5)
     started = []
     for n in range(12):
         image_id = await add_image(db, folders[n % 2])
@@ -187,7 +187,7 @@ async def test_the_kept_count_follows_every_path(store: Postgres, db: asyncpg.Po
     assert kept == counted
     assert sum(counted.values()) == len(started) == 18
 
-    await store.operations.apply_updates([op.id for op in started[:4]])  # finished together
+    await store.finishes.apply_updates([op.id for op in started[:4]])  # finished together
     for op in started[4:7]:
         await executor.execute(op.id)  # alone (Deletes and Updates)
     for op in started[7:10]:

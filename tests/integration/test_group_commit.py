@@ -320,7 +320,7 @@ async def test_published_marks_spare_operations_already_done(store, db):
     done, queued = await store.accepts.begin_updates(
         [update(done_image, ImageChange(description="d")), update(queued_image, ImageChange())]
     )
-    assert await store.operations.apply_updates([done.id]) == [True]
+    assert await store.finishes.apply_updates([done.id]) == [True]
     await store.outbox.mark_published([done.id, queued.id])
     marks = dict(
         await db.fetch(

@@ -54,9 +54,9 @@ async def test_every_path_together_detects_no_deadlock(database_url: str, db: as
     folders = [folder() for _ in range(3)]
     caller = Principal(subject="tester", role=Role.EDITOR, folders=frozenset(folders))
     operations = Operations(
-        store.reads, store.operations, OperationWaiters(), encode=lambda _: b"", cache_size=0
+        store.reads, store.finishes, OperationWaiters(), encode=lambda _: b"", cache_size=0
     )
-    executor = Executor(store.operations, FakeDownloader(), lease_seconds=30, max_attempts=5)
+    executor = Executor(store.finishes, FakeDownloader(), lease_seconds=30, max_attempts=5)
     images = [await add_image(db, random.choice(folders)) for _ in range(240)]
     accepted: list[str] = []  # operation IDs, in the order accepted (not the IDs' order)
     errors: Counter[str] = Counter()
@@ -78,7 +78,7 @@ async def test_every_path_together_detects_no_deadlock(database_url: str, db: as
         await store.outbox.mark_published(some(400))
 
     async def apply_together() -> None:
-        await store.operations.apply_updates(some(80))
+        await store.finishes.apply_updates(some(80))
 
     async def apply_alone() -> None:
         await asyncio.gather(*(executor.execute(i) for i in some(6)))

@@ -173,7 +173,7 @@ async def test_terminated_backends_under_batched_calls_give_only_unavailable(
         store.accepts, store.reads, FakePublisher(), PublishedMarks(store.outbox), publish_timeout=1
     )
     operations = Operations(
-        store.reads, store.operations, OperationWaiters(), encode=lambda _: b"", cache_size=0
+        store.reads, store.finishes, OperationWaiters(), encode=lambda _: b"", cache_size=0
     )
     outcomes: Counter[str] = Counter()
     stop = asyncio.Event()
@@ -190,7 +190,7 @@ async def test_terminated_backends_under_batched_calls_give_only_unavailable(
             pending = await conn.fetch(
                 "SELECT id FROM operations WHERE image_id = $1 AND NOT done", image_id
             )
-        await store.operations.apply_updates([r["id"] for r in pending])
+        await store.finishes.apply_updates([r["id"] for r in pending])
 
     async def user(image_id: str) -> None:
         while not stop.is_set():
@@ -207,7 +207,7 @@ async def test_terminated_backends_under_batched_calls_give_only_unavailable(
                 poll = operations.get_operation(operation.id, caller)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(poll, random.choice([0.0005, 0.002, 10]))
-                await store.operations.apply_updates([operation.id])
+                await store.finishes.apply_updates([operation.id])
             except Exception as exc:
                 record(exc)
 

@@ -608,7 +608,7 @@ async def lay_delivery(db: asyncpg.Pool, copy: Copy, delivery: Delivery) -> list
 
 async def apply_in_transaction(store: Postgres, operation_id: str) -> None:
     """What the executor does with an Update the one statement left to it."""
-    async with store.operations.transaction() as tx:
+    async with store.finishes.transaction() as tx:
         claimed = await tx.lock_operation(operation_id)
         if claimed is not None:
             await _apply_update(tx, claimed)
@@ -616,7 +616,7 @@ async def apply_in_transaction(store: Postgres, operation_id: str) -> None:
 
 async def apply_in_one_statement(store: Postgres, operation_ids: list[str]) -> list[bool]:
     """The executor's way: one statement for all, the transaction for what it left."""
-    finished = await store.operations.apply_updates(operation_ids)
+    finished = await store.finishes.apply_updates(operation_ids)
     for operation_id, done in zip(operation_ids, finished, strict=True):
         if not done:
             await apply_in_transaction(store, operation_id)
@@ -925,7 +925,7 @@ async def check_told_as_read(
             ending.created_by,
         )
         laid.append((operation_id, image_id, folder_id, ending))
-    async with store.operations.transaction() as tx:
+    async with store.finishes.transaction() as tx:
         for operation_id, _, _, ending in laid:
             if ending.response is None and ending.error is None:
                 await tx.finish_deleted(operation_id)

@@ -54,8 +54,8 @@ async def test_an_update_applied_in_one_statement_is_counted_with_its_time(store
     ok, _, timed = counts()
     operation_id = await accepted(store, db)
 
-    assert await store.operations.apply_updates([operation_id]) == [True]
-    assert await store.operations.apply_updates([operation_id]) == [False]  # done already
+    assert await store.finishes.apply_updates([operation_id]) == [True]
+    assert await store.finishes.apply_updates([operation_id]) == [False]  # done already
 
     assert counts() == (ok + 1, _, timed + 1)
 
@@ -64,7 +64,7 @@ async def test_a_finish_is_counted_once_committed_with_its_outcome(store, db):
     ok, cancelled, timed = counts()
     operation_id = await accepted(store, db)
 
-    async with store.operations.transaction() as tx:
+    async with store.finishes.transaction() as tx:
         await tx.finish(operation_id, error=OperationError(Code.CANCELLED, "Operation cancelled"))
         assert counts() == (ok, cancelled, timed)  # not before the commit
 
@@ -76,7 +76,7 @@ async def test_a_finish_rolled_back_is_not_counted(store, db):
     operation_id = await accepted(store, db)
 
     async def finish_then_fail() -> None:
-        async with store.operations.transaction() as tx:
+        async with store.finishes.transaction() as tx:
             await tx.finish(operation_id, error=OperationError(Code.INTERNAL, "x"))
             raise RuntimeError("the transaction fails after the finish")
 
@@ -137,4 +137,4 @@ async def test_the_gauges_sample_the_pool_and_count_the_operations(store, db):
     )
     assert REGISTRY.get_sample_value("image_service_outbox_backlog") == expected["unpublished"]
     assert expected["unpublished"] >= 1  # this test's operation, never published
-    await store.operations.apply_updates([operation_id])
+    await store.finishes.apply_updates([operation_id])

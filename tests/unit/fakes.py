@@ -1,6 +1,6 @@
 """In-memory fakes of the ports (``service.usecases.ports``), for unit tests of the use cases.
 
-``FakeStore`` is the database: it satisfies ``Accepts``, ``Reads``, ``Operations``, ``Outbox``,
+``FakeStore`` is the database: it satisfies ``Accepts``, ``Reads``, ``Finishes``, ``Outbox``,
 ``Retention`` and ``Tokens`` with the semantics the PostgreSQL adapters document. The state
 rules are the domain's own functions (``service.domain.rules``), called, not copied.
 
@@ -187,7 +187,7 @@ def _after(image: Image, query: ImageQuery) -> bool:
 
 
 class FakeStore:
-    """The database in memory: ``Accepts``, ``Reads``, ``Operations``, ``Outbox``,
+    """The database in memory: ``Accepts``, ``Reads``, ``Finishes``, ``Outbox``,
     ``Retention`` and ``Tokens``.
 
     ``calls`` counts each port method called; ``operation_reads`` counts the operation IDs read
@@ -488,7 +488,7 @@ class FakeStore:
         rows.sort(key=lambda r: (r.operation.created_at, r.operation.id), reverse=True)
         return [RecentOperation(row.operation, row.attempts) for row in rows[:limit]]
 
-    # --- Operations -------------------------------------------------------------------------
+    # --- Finishes ----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[FakeTransaction]:

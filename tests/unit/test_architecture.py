@@ -29,6 +29,9 @@ LAYERS = (
 )
 # The API side: what the worker process must never load.
 API_SIDE = (
+    "service.entrypoints.api",
+    "service.entrypoints.api_processes",
+    "service.entrypoints.client",
     "service.entrypoints.grpc",
     "service.entrypoints.http",
     "grpc",
@@ -162,3 +165,106 @@ def test_the_worker_process_loads_nothing_of_the_api_side() -> None:
 def test_no_module_is_longer_than_the_limit(module: str) -> None:
     lines = len(MODULES[module].read_text().splitlines())
     assert lines <= MAX_MODULE_LINES, f"{module} has {lines} lines; split it by concept"
+
+
+# The process modules (one per process, above the transports) and the command lines.
+PROCESSES = (
+    "service.entrypoints.api",
+    "service.entrypoints.api_processes",
+    "service.entrypoints.worker",
+    "service.entrypoints.cli",
+    "service.entrypoints.client",
+)
+# What the command-line client of the public API may import: like any SDK, the generated
+# stubs and gRPC, and the command line's output helpers; never the server's code.
+CLIENT_MAY_IMPORT = (
+    "service.entrypoints.client",
+    "service.entrypoints.cli.output",
+    "yandex.",
+    "google.",
+    "grpc",
+    "click",
+    "rich",
+)
+# Module names found in several layers: one concept seen from each layer, not two meanings.
+SAME_CONCEPT_IN_SEVERAL_LAYERS = {
+    "__init__",
+    "__main__",  # python -m service, python -m workers
+    "auth",  # tokens and principals: the rule, the use case
+    "endpoints",  # endpoint discovery: what is announced, the servicer
+    "ops",  # the operator's checks and queries: use case, queries, commands
+    "outbox",  # the operations table as the outbox: use case, statements
+    "schema",  # is every migration applied: use case, the database's record
+    "tokens",  # API tokens: the statements, the operator's commands
+}
+
+
+def _in_package(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(
+        m
+        for m in MODULES
+        if _in_package(m, "service.entrypoints.grpc") or _in_package(m, "service.entrypoints.http")
+    ),
+)
+def test_transports_import_no_process_module(module: str) -> None:
+    """grpc/ and http/ hold only their transport: no process is assembled inside them, and
+    gRPC knows nothing of HTTP (REST is gRPC transcoded, so http/ builds on grpc/'s frame)."""
+    imported = _first_party(_imports(module, MODULES[module]), MODULES)
+    wrong = sorted(
+        name
+        for name in imported
+        if any(_in_package(name, process) for process in PROCESSES)
+        or (
+            _in_package(module, "service.entrypoints.grpc")
+            and _in_package(name, "service.entrypoints.http")
+        )
+    )
+    assert wrong == [], f"{module} imports {wrong}"
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m in MODULES if _in_package(m, "service.entrypoints.client"))
+)
+def test_the_command_line_client_imports_only_the_public_api(module: str) -> None:
+    foreign = sorted(
+        name
+        for name in _imports(module, MODULES[module])
+        if name.split(".")[0] not in sys.stdlib_module_names
+        and name != "__future__"
+        and not any(
+            name == allowed.rstrip(".") or name.startswith(allowed) for allowed in CLIENT_MAY_IMPORT
+        )
+    )
+    assert foreign == [], f"{module} imports {foreign}"
+
+
+def _classes(path: Path) -> list[str]:
+    return [
+        node.name for node in ast.parse(path.read_text()).body if isinstance(node, ast.ClassDef)
+    ]
+
+
+def test_no_two_classes_in_the_service_share_a_name() -> None:
+    where: dict[str, list[str]] = {}
+    for module, path in MODULES.items():
+        for name in _classes(path):
+            where.setdefault(name, []).append(module)
+    shared = {name: modules for name, modules in where.items() if len(modules) > 1}
+    assert shared == {}, f"classes defined twice: {shared}"
+
+
+def test_a_module_name_in_several_places_is_one_concept() -> None:
+    """A new module named like another elsewhere must mean the same thing (and be listed in
+    SAME_CONCEPT_IN_SEVERAL_LAYERS); otherwise give it a name of its own."""
+    names: dict[str, list[str]] = {}
+    for module, path in MODULES.items():
+        names.setdefault(path.stem, []).append(module)
+    repeated = {name for name, modules in names.items() if len(modules) > 1}
+    assert repeated <= SAME_CONCEPT_IN_SEVERAL_LAYERS, sorted(
+        repeated - SAME_CONCEPT_IN_SEVERAL_LAYERS
+    )

@@ -9,9 +9,9 @@ import pytest
 from pydantic import ValidationError
 
 from service.domain.setup import PortTaken
-from service.entrypoints.failures import describe_settings_error
-from service.entrypoints.helptext import API_ONLY, WORKER_ONLY, settings_rows
-from service.entrypoints.listen import ensure_can_listen
+from service.entrypoints.cli.failures import describe_settings_error
+from service.entrypoints.cli.helptext import API_ONLY, WORKER_ONLY, settings_rows
+from service.entrypoints.cli.listen import ensure_can_listen
 from service.runtime.settings import Settings
 
 

@@ -20,7 +20,7 @@ from service.usecases.ops import (
     dead_letter_reason,
     dead_letters,
     outcome,
-    progress,
+    pipeline_state,
 )
 from service.usecases.ports import OperationRecord, PeekedMessage, QueueState, TokenRecord
 from service.usecases.schema import SchemaState, ensure_schema_current
@@ -187,7 +187,7 @@ async def test_doctor_fails_every_broker_check_when_the_broker_is_unreachable():
     ],
 )
 def test_progress_says_where_an_unfinished_operation_is(fields, words):
-    assert words in progress(record(**fields), NOW)
+    assert words in pipeline_state(record(**fields), NOW)
 
 
 def test_outcome_says_what_became_of_an_operation():

@@ -6,7 +6,7 @@ import pytest
 
 from service.domain.errors import Code, InvalidArgument, PermissionDenied
 from service.domain.model import OperationError, OperationKind
-from service.usecases.recent import Progress, RecentOperations, progress
+from service.usecases.recent import Progress, RecentOperations, console_progress
 from tests.unit.fakes import FOLDER, OTHER_FOLDER, FakeStore, editor, viewer
 
 UPDATE = OperationKind.UPDATE_IMAGE
@@ -41,7 +41,7 @@ async def test_each_operation_says_where_it_is(store):
         ),
     }
     recent = await RecentOperations(store).recent_operations(FOLDER, 10, editor())
-    found = {each.operation.id: progress(each) for each in recent}
+    found = {each.operation.id: console_progress(each) for each in recent}
     assert found == {operation.id: expected for expected, operation in cases.items()}
 
 

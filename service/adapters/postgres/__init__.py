@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from service.adapters.postgres.accept import PostgresAccepts
 from service.adapters.postgres.database import Database
+from service.adapters.postgres.finish import PostgresFinishes
 from service.adapters.postgres.outbox import PostgresOutbox, PostgresRetention
 from service.adapters.postgres.reads import PostgresReads
 from service.adapters.postgres.tokens import PostgresTokens
-from service.adapters.postgres.worker import PostgresOperations
 from service.domain.errors import Unavailable
 from service.runtime.retry import retrying
 from service.runtime.settings import Settings
@@ -23,7 +23,7 @@ class Postgres:
     db: Database
     accepts: PostgresAccepts
     reads: PostgresReads
-    operations: PostgresOperations
+    finishes: PostgresFinishes
     outbox: PostgresOutbox
     retention: PostgresRetention
     tokens: PostgresTokens
@@ -34,7 +34,7 @@ class Postgres:
             db=db,
             accepts=PostgresAccepts(db, max_unfinished_per_folder),
             reads=PostgresReads(db),
-            operations=PostgresOperations(db),
+            finishes=PostgresFinishes(db),
             outbox=PostgresOutbox(db),
             retention=PostgresRetention(db),
             tokens=PostgresTokens(db),

@@ -21,7 +21,7 @@ from service.entrypoints.http.frame import framed
 from service.entrypoints.http.paths import PathTemplate
 from service.entrypoints.http.transcoding import HttpInput, dump_json, shown_name
 from service.usecases.ports import RecentOperation
-from service.usecases.recent import RecentOperations, progress
+from service.usecases.recent import RecentOperations, console_progress
 
 CONSOLE_PATH = "/console"
 API_PREFIX = "/console/api/"
@@ -78,7 +78,7 @@ def encode_recent(recent: list[RecentOperation]) -> bytes:
             "operations": [
                 {
                     "operation": json_format.MessageToDict(operation_to_proto(each.operation)),
-                    "progress": progress(each).value,
+                    "progress": console_progress(each).value,
                 }
                 for each in recent
             ]

@@ -19,7 +19,7 @@ from google.api import http_pb2
 from google.longrunning import operations_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 
-from service.bootstrap import Api
+from service.bootstrap import ApiUseCases
 from service.entrypoints.grpc.calls import CallHandling, caller
 from service.entrypoints.grpc.convert import operation_to_proto
 from service.entrypoints.grpc.servicers import (
@@ -44,7 +44,7 @@ WAIT_METHOD = "/google.longrunning.Operations/WaitOperation"
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class RestMethod:
     """A route's call (in the frame, taking an ``HttpInput``) and the JSON of its answer."""
 
     call: FramedCall
@@ -69,7 +69,7 @@ class OperationWaiting:
         return operation_to_proto(operation)
 
 
-def build_routes(api: Api, calls: CallHandling, json_cache_size: int) -> Routes[Endpoint]:
+def build_routes(api: ApiUseCases, calls: CallHandling, json_cache_size: int) -> Routes[RestMethod]:
     """The routes of the REST API and of the console's read; the JSON of up to
     ``json_cache_size`` finished operations is kept (``kept_json``)."""
     return Routes(_entries(api, calls, json_cache_size))
@@ -97,8 +97,8 @@ def kept_json(encode: Callable[[Any], bytes], capacity: int) -> Callable[[Any], 
 
 
 def _entries(
-    api: Api, calls: CallHandling, json_cache_size: int
-) -> Iterator[tuple[str, PathTemplate, Endpoint]]:
+    api: ApiUseCases, calls: CallHandling, json_cache_size: int
+) -> Iterator[tuple[str, PathTemplate, RestMethod]]:
     services: list[tuple[ServiceDescriptor, object]] = [
         (image_service_pb2.DESCRIPTOR.services_by_name["ImageService"], ImageService(api.images)),
         (
@@ -111,17 +111,17 @@ def _entries(
             behavior = getattr(servicer, binding.method.rsplit("/", 1)[1])
             method, template, endpoint = _route(calls, binding, behavior)
             encode = kept_json(endpoint.encode, json_cache_size)
-            yield method, template, Endpoint(endpoint.call, encode)
+            yield method, template, RestMethod(endpoint.call, encode)
     wait = Binding.from_rule(
         WAIT_METHOD, WAIT_RULE, operations_pb2.WaitOperationRequest, operation_pb2.Operation
     )
     yield _route(calls, wait, OperationWaiting(api.operations).Wait)
     recent = console_api.recent_call(calls, api.recent)
-    yield "GET", console_api.RECENT_TEMPLATE, Endpoint(recent, console_api.encode_recent)
+    yield "GET", console_api.RECENT_TEMPLATE, RestMethod(recent, console_api.encode_recent)
 
 
 def _route(
     calls: CallHandling, binding: Binding, behavior: Any
-) -> tuple[str, PathTemplate, Endpoint]:
+) -> tuple[str, PathTemplate, RestMethod]:
     call = framed(calls, binding.method, behavior, binding.decode)
-    return binding.http_method, binding.template, Endpoint(call, binding.encode)
+    return binding.http_method, binding.template, RestMethod(call, binding.encode)

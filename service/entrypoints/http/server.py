@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 from google.rpc import status_pb2
 
-from service.bootstrap import Api
+from service.bootstrap import ApiUseCases
 from service.domain.errors import Code
 from service.entrypoints.grpc.calls import CallHandling
 from service.entrypoints.http.console_api import (
@@ -38,7 +38,7 @@ from service.entrypoints.http.responses import (
     refusal,
     retry_after,
 )
-from service.entrypoints.http.routes import Endpoint, build_routes
+from service.entrypoints.http.routes import RestMethod, build_routes
 from service.entrypoints.http.transcoding import HttpInput
 from service.runtime.settings import Settings
 
@@ -52,7 +52,7 @@ _MAX_ECHOED_PATH = 200
 class RestApi:
     """Routes each request to its endpoint and writes the answer."""
 
-    def __init__(self, api: Api, settings: Settings) -> None:
+    def __init__(self, api: ApiUseCases, settings: Settings) -> None:
         # Not metered: the gRPC server metrics count gRPC calls.
         calls = CallHandling(api.authenticator, api.limiter)
         self._routes = build_routes(api, calls, settings.operation_cache_size)
@@ -86,7 +86,7 @@ class RestApi:
         finally:
             self._in_flight -= 1
 
-    async def _call(self, request: web.Request, found: Match[Endpoint]) -> web.Response:
+    async def _call(self, request: web.Request, found: Match[RestMethod]) -> web.Response:
         if request.content_length is not None and request.content_length > self._max_body:
             return _body_too_large(self._max_body)
         try:
@@ -200,7 +200,7 @@ class HttpServer:
         await self._runner.cleanup()
 
 
-def make_app(api: Api, settings: Settings) -> web.Application:
+def make_app(api: ApiUseCases, settings: Settings) -> web.Application:
     rest = RestApi(api, settings)
     # aiohttp's own limit on reading a body, above ours: ours answers first, in JSON.
     app = web.Application(
@@ -210,7 +210,7 @@ def make_app(api: Api, settings: Settings) -> web.Application:
     return app
 
 
-async def start_http(settings: Settings, api: Api) -> HttpServer:
+async def start_http(settings: Settings, api: ApiUseCases) -> HttpServer:
     """Serve the REST API and the console on ``HTTP_LISTEN``; an address that cannot be
     bound ends the process with a one-line reason."""
     host, _, port = settings.http_listen.rpartition(":")

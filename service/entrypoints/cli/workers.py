@@ -1,7 +1,7 @@
 """``python -m workers``: the command line of the worker process (``--help``, one-line
 failures); the process itself is ``service.entrypoints.worker``.
 
-Kept apart from ``service.entrypoints.cli``, which loads the gRPC side: the worker process
+Kept apart from ``service.entrypoints.cli.service``, which loads the gRPC side: the worker process
 loads nothing of it.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import click
 
-from service.entrypoints.failures import explained, load_settings
-from service.entrypoints.helptext import WORKER_SETTINGS, SettingsCommand
+from service.entrypoints.cli.failures import explained, load_settings
+from service.entrypoints.cli.helptext import WORKER_SETTINGS, SettingsCommand
 from service.entrypoints.worker import main as run_workers
 
 

@@ -2,6 +2,6 @@
 a gRPC client over the generated stubs, like any SDK. ``client``: the channel, retries and
 waiting; ``render``: what it prints and the progress line; ``commands``: the commands."""
 
-from service.entrypoints.console.commands import image, operation
+from service.entrypoints.client.commands import image, operation
 
 __all__ = ["image", "operation"]

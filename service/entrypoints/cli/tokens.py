@@ -2,7 +2,7 @@
 
 Each command opens a small pool once (no retries: an unreachable database is one line at
 once), checks the schema (``migrate`` first, or one line saying so), does its work and closes.
-``service.entrypoints.ops`` holds ``doctor`` and ``ops``.
+``service.entrypoints.cli.ops`` holds ``doctor`` and ``ops``.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import click
 from service.domain.auth import Role
 from service.domain.errors import Unavailable
 from service.domain.setup import Unreachable
-from service.entrypoints.failures import explained, load_settings
-from service.entrypoints.helptext import DATABASE_SETTINGS, SettingsGroup
-from service.entrypoints.output import format_option, print_rows
+from service.entrypoints.cli.failures import explained, load_settings
+from service.entrypoints.cli.helptext import DATABASE_SETTINGS, SettingsGroup
+from service.entrypoints.cli.output import format_option, print_rows
 from service.runtime import logs
 from service.runtime.settings import Settings
 from service.usecases.auth import create_token, revoke_token

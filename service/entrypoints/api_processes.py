@@ -23,7 +23,7 @@ from service.runtime.settings import Settings
 
 
 def _child(metrics_served_by_parent: bool) -> None:
-    from service.entrypoints.grpc.server import serve_api
+    from service.entrypoints.api import serve_api
 
     serve_api(Settings(), metrics_served_by_parent=metrics_served_by_parent)
 

@@ -9,14 +9,14 @@ from datetime import UTC, datetime
 
 import click
 
-from service.entrypoints.admin import migrated_database, run_command
-from service.entrypoints.helptext import (
+from service.entrypoints.cli.helptext import (
     BROKER_SETTINGS,
     DATABASE_SETTINGS,
     SettingsCommand,
     SettingsGroup,
 )
-from service.entrypoints.output import cell, format_option, print_data, print_rows, stdout
+from service.entrypoints.cli.output import cell, format_option, print_data, print_rows, stdout
+from service.entrypoints.cli.tokens import migrated_database, run_command
 from service.runtime.settings import Settings
 from service.usecases.ops import (
     Check,
@@ -24,7 +24,7 @@ from service.usecases.ops import (
     check_database,
     dead_letters,
     outcome,
-    progress,
+    pipeline_state,
     stuck_operations,
 )
 
@@ -128,7 +128,7 @@ def stuck(older_than: float, limit: int, output_format: str) -> None:
                 "published_at": r.published_at,
                 "attempts": r.attempts,
                 "lease_until": r.lease_until,
-                "state": progress(r, now),
+                "state": pipeline_state(r, now),
             }
             for r in found
         ]

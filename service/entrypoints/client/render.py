@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.spinner import Spinner
 from rich.text import Text
 
-from service.entrypoints.output import print_data, print_record, print_rows
+from service.entrypoints.cli.output import print_data, print_record, print_rows
 from yandex.cloud.baremetal.v1alpha import image_pb2
 from yandex.cloud.operation import operation_pb2
 

@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 import click
 from google.protobuf import field_mask_pb2
 
-from service.entrypoints.console.client import RETRY_SECONDS, Api, ApiError, Endpoint
-from service.entrypoints.console.render import (
+from service.entrypoints.cli.output import format_option, stderr
+from service.entrypoints.client.connection import RETRY_SECONDS, ApiClient, ApiError, ApiTarget
+from service.entrypoints.client.render import (
     ProgressLine,
     error_text,
     print_image,
@@ -25,7 +26,6 @@ from service.entrypoints.console.render import (
     print_operation,
     print_operations,
 )
-from service.entrypoints.output import format_option, stderr
 from yandex.cloud.baremetal.v1alpha import image_service_pb2
 from yandex.cloud.operation import operation_pb2, operation_service_pb2
 
@@ -96,8 +96,8 @@ class Session:
             raise SystemExit(2)
         self.err = stderr()
         self.progress: ProgressLine | None = None
-        endpoint = Endpoint(options["endpoint"], token, options["ca_file"] or "", options["tls"])
-        self.api = Api(endpoint, self.notice, retry_seconds=options["retry_for"])
+        endpoint = ApiTarget(options["endpoint"], token, options["ca_file"] or "", options["tls"])
+        self.api = ApiClient(endpoint, self.notice, retry_seconds=options["retry_for"])
 
     def notice(self, text: str) -> None:
         if self.progress is not None:

@@ -47,7 +47,7 @@ class ApiError(Exception):
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class ApiTarget:
     """Where the API is and how to reach it."""
 
     address: str
@@ -67,14 +67,14 @@ def _first_line(text: str | None) -> str:
     return lines[0] if lines else ""
 
 
-class Api:
+class ApiClient:
     """The services of the public API over one channel, each call retried on UNAVAILABLE.
 
     ``notice`` is told of each retry (the progress line shows it)."""
 
     def __init__(
         self,
-        endpoint: Endpoint,
+        endpoint: ApiTarget,
         notice: Callable[[str], None],
         *,
         retry_seconds: float = RETRY_SECONDS,
@@ -90,7 +90,7 @@ class Api:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> Api:
+    def __enter__(self) -> ApiClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

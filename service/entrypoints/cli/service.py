@@ -4,7 +4,7 @@
 
 ``--help`` of every command exits 0 without connecting to anything and lists the settings
 (environment variables) the command reads. Expected failures are one line on stderr and
-exit 1 (``service.entrypoints.failures``).
+exit 1 (``service.entrypoints.cli.failures``).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import asyncio
 
 import click
 
-from service.entrypoints.admin import token
-from service.entrypoints.console import image, operation
-from service.entrypoints.failures import explained, fail, load_settings
-from service.entrypoints.helptext import API_SETTINGS, SettingsGroup
-from service.entrypoints.listen import ensure_can_listen
-from service.entrypoints.ops import doctor, ops
+from service.entrypoints.cli.failures import explained, fail, load_settings
+from service.entrypoints.cli.helptext import API_SETTINGS, SettingsGroup
+from service.entrypoints.cli.listen import ensure_can_listen
+from service.entrypoints.cli.ops import doctor, ops
+from service.entrypoints.cli.tokens import token
+from service.entrypoints.client import image, operation
 from service.runtime import logs
 from service.runtime.settings import Settings
 
@@ -46,12 +46,12 @@ def _serve() -> None:
             shared = settings.api_processes > 1
             ensure_can_listen(settings.http_listen, shared=shared, setting="HTTP_LISTEN")
         if settings.api_processes > 1:
-            from service.entrypoints.grpc.processes import run_processes
+            from service.entrypoints.api_processes import run_processes
 
             logs.configure(settings.log_level, component="api")
             asyncio.run(_check_database(settings))
             raise SystemExit(run_processes(settings.api_processes, settings))
-        from service.entrypoints.grpc.server import serve_api
+        from service.entrypoints.api import serve_api
 
         serve_api(settings)
 

@@ -31,8 +31,8 @@ _APPLY_UPDATES = load_sql("apply_updates.sql")
 _FINISHED = "RETURNING kind, extract(epoch FROM modified_at - created_at)::float8 AS seconds"
 
 
-class PostgresOperations:
-    """``usecases.ports.Operations`` over PostgreSQL."""
+class PostgresFinishes:
+    """``usecases.ports.Finishes`` over PostgreSQL."""
 
     def __init__(self, db: Database) -> None:
         self._db = db

@@ -14,7 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from service.bootstrap import Api, Infrastructure, build_api, start_infrastructure, start_metrics
+from service.bootstrap import (
+    ApiUseCases,
+    Infrastructure,
+    build_api,
+    start_infrastructure,
+    start_metrics,
+)
 from service.domain.endpoints import announced_endpoints, is_unspecified, public_address
 from service.entrypoints.grpc.calls import CallHandling
 from service.entrypoints.grpc.convert import encode_operation
@@ -61,7 +67,7 @@ def _listen(server: grpc.aio.Server, settings: Settings) -> int:
     return server.add_insecure_port(settings.grpc_listen)
 
 
-def _grpc_server(settings: Settings, api: Api) -> tuple[grpc.aio.Server, int]:
+def _grpc_server(settings: Settings, api: ApiUseCases) -> tuple[grpc.aio.Server, int]:
     """The server with every API service, its port bound (returned: ``:0`` picks one)."""
     server = grpc.aio.server(
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,

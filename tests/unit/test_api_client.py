@@ -8,8 +8,8 @@ from typing import Any
 import grpc
 import pytest
 
-from service.entrypoints.console import client as client_module
-from service.entrypoints.console.client import Api, ApiError, Endpoint
+from service.entrypoints.client import connection as client_module
+from service.entrypoints.client.connection import ApiClient, ApiError, ApiTarget
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2
 from yandex.cloud.operation import operation_pb2
 
@@ -45,7 +45,7 @@ def api(monkeypatch):
     monkeypatch.setattr(client_module, "POLL_SECONDS", 0.0)
     monkeypatch.setattr(client_module.time, "sleep", lambda seconds: None)
     notices: list[str] = []
-    with Api(Endpoint("127.0.0.1:1", "tok.secret"), notices.append) as made:
+    with ApiClient(ApiTarget("127.0.0.1:1", "tok.secret"), notices.append) as made:
         made.notices = notices  # type: ignore[attr-defined]
         yield made
 
@@ -83,7 +83,7 @@ def test_a_refusal_other_than_unavailable_is_not_retried(api):
 def test_unavailable_past_the_retry_time_says_where_it_tried():
     method = Scripted(Refusal(grpc.StatusCode.UNAVAILABLE, "connection refused"))
     with (
-        Api(Endpoint("127.0.0.1:1", "t"), print, retry_seconds=0.0) as api,
+        ApiClient(ApiTarget("127.0.0.1:1", "t"), print, retry_seconds=0.0) as api,
         pytest.raises(ApiError, match=r"cannot reach the API at 127\.0\.0\.1:1"),
     ):
         api.call(method, None)
