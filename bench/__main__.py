@@ -45,7 +45,7 @@ from typing import Any
 import asyncpg
 import grpc
 
-from bench import compare, scale
+from bench import compare, scale, scale_report
 from bench.load import Job
 from bench.scrape import Scraper
 from bench.stack import (
@@ -586,7 +586,7 @@ def main() -> int:
         print(compare.table(figures["compare"]))
     if "scale" in figures:
         print("\nCost at scale (bench.scale), whole-stack CPU per Update:")
-        print(scale.table(figures["scale"]))
+        print(scale_report.table(figures["scale"]))
     print(f"JSON: {out}")
     return 0
 
