@@ -192,7 +192,7 @@ async def test_the_kept_count_follows_every_path(store: Postgres, db: asyncpg.Po
         await executor.execute(op.id)  # alone (Deletes and Updates)
     for op in started[7:10]:
         await operations.cancel_operation(op.id, caller)
-    await executor.abandon(started[10].id, "given up")  # a dead letter
+    await executor.end_dead_lettered(started[10].id, 5)
     await db.execute("DELETE FROM operations WHERE id = $1", started[11].id)
     kept, counted = await counts(db, folders)
     assert kept == counted
