@@ -30,7 +30,6 @@ from service.runtime.settings import Settings
 from service.runtime.startup import unless_stopped
 from service.usecases.execute import Executor
 from service.usecases.health import dependencies_ok
-from service.usecases.ops import dead_letter_reason
 from service.usecases.outbox import publish_pending, requeue_abandoned
 from service.usecases.retention import purge_expired
 
@@ -69,9 +68,9 @@ class WorkerPool:
             # Dead-lettering keeps the headers: still the trace of the call that asked.
             tracing.consuming(queue, delivery.operation_id, delivery.trace_context),
         ):
-            reason = dead_letter_reason(self._settings.amqp_delivery_limit)
+            limit = self._settings.amqp_delivery_limit
             handled = await self._retrying(
-                lambda: self._executor.abandon(delivery.operation_id, reason)
+                lambda: self._executor.end_dead_lettered(delivery.operation_id, limit)
             )
         if handled:  # counted once, not once per redelivery of a message that failed
             metrics.DEAD_LETTERED.inc()

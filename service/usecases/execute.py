@@ -37,6 +37,15 @@ log = structlog.get_logger(__name__)
 DOWNLOAD_TRIES = 3
 
 
+def dead_letter_reason(delivery_limit: int) -> str:
+    """The error an operation ends with when its message reached the dead-letter queue.
+
+    Words for the caller only: that it was dead-lettered is recorded apart from them
+    (``OperationTransaction.finish(dead_lettered=True)``), and nothing searches for them.
+    """
+    return f"Operation failed after {delivery_limit} delivery attempts"
+
+
 def _error(exc: ServiceError) -> OperationError:
     return OperationError.from_exception(exc)
 
@@ -86,13 +95,23 @@ class Executor:
 
     async def abandon(self, operation_id: str, reason: str) -> None:
         """Finish an operation that cannot be carried out, restoring its image."""
+        await self._end(operation_id, reason, dead_lettered=False)
+
+    async def end_dead_lettered(self, operation_id: str, delivery_limit: int) -> None:
+        """Finish an operation whose message reached the dead-letter queue after
+        ``delivery_limit`` deliveries, restoring its image, and record that it was
+        dead-lettered (``ops dead-letters`` lists it by that)."""
+        await self._end(operation_id, dead_letter_reason(delivery_limit), dead_lettered=True)
+
+    async def _end(self, operation_id: str, reason: str, *, dead_lettered: bool) -> None:
         async with self._operations.transaction() as tx:
             operation = await tx.lock_operation(operation_id)
             if operation is None:
                 return
             image = await tx.lock_image(operation.image_id)
-            await end_with_error(tx, operation, image, _error(Internal(reason)))
-            log.warning("operation.abandoned", reason=reason)
+            error = _error(Internal(reason))
+            await end_with_error(tx, operation, image, error, dead_lettered=dead_lettered)
+            log.warning("operation.abandoned", reason=reason, dead_lettered=dead_lettered)
 
     async def _create(self, operation_id: str) -> None:
         claim = await self._operations.claim_with_lease(operation_id, self._lease_seconds)

@@ -25,16 +25,6 @@ from service.usecases.ports import (
 )
 from service.usecases.schema import schema_state
 
-# The error message the workers finish a dead-lettered operation with. ``ops dead-letters``
-# finds those operations by it, so both sides take it from here.
-DEAD_LETTER_REASON = "Operation failed after {limit} delivery attempts"
-DEAD_LETTER_PATTERN = "Operation failed after % delivery attempts"
-
-
-def dead_letter_reason(delivery_limit: int) -> str:
-    """The error of an operation whose message reached the dead-letter queue."""
-    return DEAD_LETTER_REASON.format(limit=delivery_limit)
-
 
 @dataclass(frozen=True)
 class Check:
@@ -173,7 +163,7 @@ async def dead_letters(
     operations it names; also list what the workers ended after dead-lettering."""
     waiting = await inspector.peek(queue, limit)
     records = await queries.operation_records([m.operation_id for m in waiting])
-    ended = await queries.operations_ended_with(DEAD_LETTER_PATTERN, since_seconds, limit)
+    ended = await queries.dead_lettered_operations(since_seconds, limit)
     return DeadLetters(
         waiting=[(message, records.get(message.operation_id)) for message in waiting],
         ended=ended,

@@ -135,8 +135,11 @@ class OperationTransaction(Protocol):
         *,
         response: Image | None = None,
         error: OperationError | None = None,
+        dead_lettered: bool = False,
     ) -> None:
-        """Mark an operation done with exactly one of a response or an error."""
+        """Mark an operation done with exactly one of a response or an error; with
+        ``dead_lettered``, record that it ended because its message was dead-lettered (an
+        error is required)."""
         ...
 
     async def finish_deleted(self, operation_id: str) -> None:
@@ -327,11 +330,11 @@ class OpsQueries(Protocol):
         """The operations of these IDs that exist."""
         ...
 
-    async def operations_ended_with(
-        self, message_pattern: str, since_seconds: float, limit: int
+    async def dead_lettered_operations(
+        self, since_seconds: float, limit: int
     ) -> list[OperationRecord]:
-        """Operations finished in the last ``since_seconds`` with an error message matching
-        the SQL LIKE ``message_pattern``, newest first."""
+        """Operations ended in the last ``since_seconds`` because their message was
+        dead-lettered, newest first."""
         ...
 
 

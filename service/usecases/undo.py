@@ -14,9 +14,11 @@ async def end_with_error(
     error: OperationError,
     *,
     cancelled: bool = False,
+    dead_lettered: bool = False,
 ) -> None:
     """Put the (locked) image where ``rules.image_after_ending`` says and finish the (locked)
-    operation with ``error``, in the caller's transaction."""
+    operation with ``error``, in the caller's transaction; ``dead_lettered`` records that it
+    ended because its message reached the dead-letter queue."""
     if image is not None:
         after = image_after_ending(
             operation.kind, image.status, operation.status_before, cancelled=cancelled
@@ -25,4 +27,4 @@ async def end_with_error(
             await tx.delete_image(image.id)
         elif after is not image.status:
             await tx.set_image_status(image.id, after)
-    await tx.finish(operation.id, error=error)
+    await tx.finish(operation.id, error=error, dead_lettered=dead_lettered)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 import aio_pika
 import aiormq
@@ -18,7 +19,7 @@ from service.adapters.rabbitmq.topology import (
     dead_letter_queue_arguments,
     queue_arguments,
 )
-from service.usecases.ops import dead_letter_reason
+from service.usecases.execute import dead_letter_reason
 from tests.conftest import AMQP_URL, database_url_for, drop_database, migrate
 from tests.e2e.commands import assert_one_line_failure, run
 from tests.support import create_token
@@ -225,9 +226,15 @@ async def test_dead_letters_shows_waiting_messages_without_consuming_them_and_wh
             aio_pika.Message(operation_id.encode()), routing_key=dead_letter_queue(queue)
         )
     ended = await insert_operation(
-        conn, done=True, error_code=13, error_message=dead_letter_reason(5)
+        conn,
+        done=True,
+        error_code=13,
+        error_message=dead_letter_reason(5),
+        dead_lettered_at=datetime.now(UTC),
     )
     await insert_operation(conn, done=True, error_code=13, error_message="something else")
+    # The same words without the state: listed only by what the dead-letter path recorded.
+    await insert_operation(conn, done=True, error_code=13, error_message=dead_letter_reason(5))
 
     env = {"DATABASE_URL": url, "AMQP_URL": AMQP_URL, "AMQP_QUEUE": queue}
     for _ in range(2):  # looking twice sees the same: nothing was consumed

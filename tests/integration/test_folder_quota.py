@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from service.adapters.postgres import Postgres
 from service.adapters.postgres.accept import PostgresAccepts
@@ -33,7 +35,7 @@ from service.usecases.execute import Executor
 from service.usecases.images import Images, new_operation
 from service.usecases.operations import Operations
 from service.usecases.outbox import PublishedMarks
-from tests.integration.rows import add_image, folder
+from tests.integration.rows import add_image, folder, update
 from tests.unit.fakes import FakeDownloader, FakePublisher
 
 QUOTA = 10
@@ -192,8 +194,99 @@ async def test_the_kept_count_follows_every_path(store: Postgres, db: asyncpg.Po
         await executor.execute(op.id)  # alone (Deletes and Updates)
     for op in started[7:10]:
         await operations.cancel_operation(op.id, caller)
-    await executor.abandon(started[10].id, "given up")  # a dead letter
+    await executor.end_dead_lettered(started[10].id, 5)
     await db.execute("DELETE FROM operations WHERE id = $1", started[11].id)
     kept, counted = await counts(db, folders)
     assert kept == counted
     assert sum(counted.values()) < len(started) - 8
+
+
+# -- The three copies of "accepted less released" ----------------------------------------------
+#
+# The unfinished count is computed in three places: accept.py's _LOCK_QUOTA (one accept),
+# begin_updates.sql's quota CTE (a batch) and migration 0009's view folder_unfinished (what the
+# tests and the operator read). They are kept as copies, tied together by this property test:
+# random accepts (each path, with a quota near the count) and finishes (each path that finishes
+# or removes an operation) in one folder, and after every step each copy must agree with the
+# count of the folder's unfinished operations, the rows themselves.
+
+ACCEPTS = ["accept_one", "accept_batch"]
+FINISHES = ["apply_updates", "execute", "cancel", "dead_letter", "remove"]
+STEPS = ACCEPTS + FINISHES
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    database=None,  # nothing written under .hypothesis/; a failure prints its example
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(
+        # what, how many, and for an accept the quota's room: the true count plus this
+        st.tuples(st.sampled_from(STEPS), st.integers(1, 3), st.integers(-1, 2)),
+        min_size=1,
+        max_size=10,
+    )
+)
+async def test_every_copy_of_the_unfinished_count_agrees_with_the_rows(
+    store: Postgres, db: asyncpg.Pool, steps: list[tuple[str, int, int]]
+):
+    f = folder()
+    caller = Principal(subject="tester", role=Role.EDITOR, folders=frozenset({f}))
+    operations = Operations(
+        store.reads, store.finishes, OperationWaiters(), encode=lambda _: b"", cache_size=0
+    )
+    executor = Executor(store.finishes, FakeDownloader(), lease_seconds=30, max_attempts=5)
+    ready = [await add_image(db, f) for _ in range(6)]  # images an Update may start on
+    running: dict[str, str] = {}  # unfinished operation -> its image, oldest first
+
+    async def truth() -> int:
+        return int(
+            await db.fetchval(
+                "SELECT count(*) FROM operations WHERE folder_id = $1 AND NOT done", f
+            )
+        )
+
+    for what, n, room in steps:
+        before = await truth()
+        if what.startswith("accept"):
+            quota = max(1, before + room)
+            accepts = PostgresAccepts(store.db, max_unfinished_per_folder=quota)
+            chosen = ready[:n]
+            updates = [update(image_id, ImageChange(description="d")) for image_id in chosen]
+            if what == "accept_batch":
+                made = await accepts.begin_updates(updates)
+            else:
+                made = []
+                for u in updates:
+                    try:
+                        made.append((await accepts.begin_update(u.operation, u.change)).operation)
+                    except ResourceExhausted:
+                        made.append(None)
+            accepted = [(op.id, i) for op, i in zip(made, chosen, strict=True) if op is not None]
+            # What the copy in that statement counted, seen through the quota it enforced.
+            assert len(accepted) == min(len(chosen), max(0, quota - before)), (what, quota)
+            for operation_id, image_id in accepted:
+                running[operation_id] = image_id
+                ready.remove(image_id)
+        else:
+            taken = list(running)[:n]
+            if what == "apply_updates":
+                await store.finishes.apply_updates(taken)
+            for operation_id in taken:
+                if what == "execute":
+                    await executor.execute(operation_id)
+                elif what == "cancel":
+                    await operations.cancel_operation(operation_id, caller)
+                elif what == "dead_letter":
+                    await executor.end_dead_lettered(operation_id, 5)
+                elif what == "remove":  # retention or an operator; the image stays UPDATING
+                    await db.execute("DELETE FROM operations WHERE id = $1", operation_id)
+            for operation_id in taken:
+                image_id = running.pop(operation_id)
+                if what != "remove":
+                    ready.append(image_id)
+        kept, counted = await counts(db, [f])
+        assert kept.get(f, 0) == counted.get(f, 0) == await truth(), what

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from yoyo import get_backend, read_migrations
 
+from service.adapters.postgres.migrations import ensure_database
 from tests.conftest import database_url_for, drop_database
 from tests.support import ROOT, base_env
 
@@ -96,3 +98,56 @@ def test_migration_files_are_ordered_plain_sql():
     for path in files:
         assert path.suffix == ".sql", path
         assert Path(path).stem[:4].isdigit(), path
+
+
+def migrate_up_to(url: str, last: str) -> None:
+    """Apply the shipped migrations up to and including ``last``, as an older release did."""
+    ensure_database(url)
+    backend = get_backend(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        older = read_migrations(str(ROOT / "migrations")).filter(lambda m: m.id <= last)
+        with backend.lock():
+            backend.apply_migrations(backend.to_apply(older))
+    finally:
+        backend.connection.close()
+
+
+async def test_operations_dead_lettered_before_the_column_existed_are_marked_by_0011(
+    fresh_database,
+):
+    _, url = fresh_database
+    await asyncio.to_thread(migrate_up_to, url, "0010_notify_operation_finished")
+    conn = await asyncpg.connect(url)
+    try:
+        insert = (
+            "INSERT INTO operations (id, kind, image_id, folder_id, description, request, done,"
+            " error_code, error_message, response)"
+            " VALUES ($1, 'update_image', 'i', 'f', 'd', '{}', $2, $3, $4, $5)"
+        )
+        await conn.execute(
+            insert, "opnbackfill000000dead", True, 13,
+            "Operation failed after 5 delivery attempts", None,
+        )  # fmt: skip
+        # A Create that ran out of claims, another failure, a success, one still running.
+        await conn.execute(
+            insert, "opnbackfill0000claims", True, 13, "Operation failed after 3 attempts", None
+        )
+        await conn.execute(insert, "opnbackfill000000fail", True, 6, "name taken", None)
+        await conn.execute(insert, "opnbackfill000000done", True, None, None, "{}")
+        await conn.execute(insert, "opnbackfill000running", False, None, None, None)
+    finally:
+        await conn.close()
+
+    code, out = await run_migrate(url)
+    assert code == 0, out
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT id, dead_lettered_at = modified_at AS marked FROM operations"
+            " WHERE dead_lettered_at IS NOT NULL"
+        )
+        counts = await conn.fetchval("SELECT unfinished FROM folder_unfinished")
+    finally:
+        await conn.close()
+    assert [(r["id"], r["marked"]) for r in rows] == [("opnbackfill000000dead", True)]
+    assert counts == 1, "the backfill moved no count"

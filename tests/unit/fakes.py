@@ -87,6 +87,7 @@ class OperationRow:
     lease_until: datetime | None = None
     published_at: datetime | None = None
     relay_claimed_until: datetime | None = None
+    dead_lettered_at: datetime | None = None  # ended because its message was dead-lettered
 
     def claim(self) -> ClaimedOperation:
         op = self.operation
@@ -139,13 +140,19 @@ class State:
         now: datetime,
         response: Image | None,
         error: OperationError | None,
+        dead_lettered: bool = False,
     ) -> None:
         """Mark an unfinished operation done (a done one is left as it is)."""
         row = self.operations.get(operation_id)
         if row is None or row.operation.done:
             return
         done = replace(row.operation, done=True, modified_at=now, response=response, error=error)
-        self.operations[operation_id] = replace(row, operation=done, lease_until=None)
+        self.operations[operation_id] = replace(
+            row,
+            operation=done,
+            lease_until=None,
+            dead_lettered_at=now if dead_lettered else None,
+        )
 
     def mark_published(self, operation_ids: Sequence[str], now: datetime) -> None:
         for operation_id in operation_ids:
@@ -756,10 +763,13 @@ class FakeTransaction:
         *,
         response: Image | None = None,
         error: OperationError | None = None,
+        dead_lettered: bool = False,
     ) -> None:
         if (response is None) == (error is None):
             raise ValueError("an operation finishes with exactly one of response or error")
-        self.state.finish(operation_id, self.store.stamp(), response, error)
+        if dead_lettered and error is None:
+            raise ValueError("a dead-lettered operation finishes with an error")
+        self.state.finish(operation_id, self.store.stamp(), response, error, dead_lettered)
 
     async def finish_deleted(self, operation_id: str) -> None:
         self.state.finish(operation_id, self.store.stamp(), None, None)

@@ -212,12 +212,12 @@ async def test_an_accepted_operation_is_counted_by_kind_but_a_replayed_one_is_no
 
 
 class DeadLetterExecutor:
-    """An executor whose ``abandon`` fails with ``error`` (or succeeds without one)."""
+    """An executor whose ``end_dead_lettered`` fails with ``error`` (or succeeds without one)."""
 
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
 
-    async def abandon(self, operation_id: str, reason: str) -> None:
+    async def end_dead_lettered(self, operation_id: str, delivery_limit: int) -> None:
         if self.error is not None:
             raise self.error
 

@@ -13,7 +13,7 @@ from service.domain.errors import Code, NotFound, Unavailable
 from service.domain.model import Image, ImageStatus, Operation, OperationKind
 from service.domain.rules import image_after_ending
 from service.runtime.waiters import OperationWaiters
-from service.usecases.execute import DOWNLOAD_TRIES, Executor
+from service.usecases.execute import DOWNLOAD_TRIES, Executor, dead_letter_reason
 from service.usecases.operations import Operations
 from service.usecases.ports import Downloaded
 from tests.unit.fakes import FakeDownloader, FakeStore, editor
@@ -373,3 +373,40 @@ async def test_abandoning_a_finished_operation_changes_nothing(worker: Executor,
     await worker.abandon(operation.id, "dead-lettered")
     assert store.operation(operation.id) == operation
     assert store.image(image.id) == image
+
+
+async def test_a_dead_lettered_operation_ends_with_an_error_and_is_recorded_as_dead_lettered(
+    worker: Executor, store: FakeStore
+):
+    image = store.add_image(status=ImageStatus.UPDATING)
+    operation = store.add_operation(UPDATE, image.id, request={"name": "renamed"})
+    await worker.end_dead_lettered(operation.id, 5)
+    row = store.row(operation.id)
+    assert row.dead_lettered_at is not None
+    assert row.dead_lettered_at == row.operation.modified_at
+    assert row.operation.error is not None
+    assert (row.operation.error.code, row.operation.error.message) == (
+        Code.INTERNAL,
+        dead_letter_reason(5),
+    )
+    assert store.image(image.id) == replace(image, status=ImageStatus.READY)
+
+
+async def test_an_operation_ended_any_other_way_is_not_recorded_as_dead_lettered(
+    worker: Executor, store: FakeStore
+):
+    image = store.add_image(status=ImageStatus.UPDATING)
+    abandoned = store.add_operation(UPDATE, image.id, request={"name": "renamed"})
+    await worker.abandon(abandoned.id, dead_letter_reason(5))  # the same words, not the state
+    assert store.row(abandoned.id).operation.done
+    assert store.row(abandoned.id).dead_lettered_at is None
+
+
+async def test_dead_lettering_a_finished_operation_changes_nothing(
+    worker: Executor, store: FakeStore
+):
+    image = store.add_image()
+    operation = store.add_operation(UPDATE, image.id, done=True, response=image)
+    await worker.end_dead_lettered(operation.id, 5)
+    assert store.row(operation.id).dead_lettered_at is None
+    assert store.operation(operation.id) == operation

@@ -13,11 +13,10 @@ import pytest
 
 from service.domain.errors import Unavailable
 from service.domain.setup import SchemaBehind, SchemaMissing, Unreachable
+from service.usecases.execute import dead_letter_reason
 from service.usecases.ops import (
-    DEAD_LETTER_PATTERN,
     check_broker,
     check_database,
-    dead_letter_reason,
     dead_letters,
     outcome,
     pipeline_state,
@@ -198,18 +197,11 @@ def test_outcome_says_what_became_of_an_operation():
     assert outcome(failed) == "failed: boom (code 13)"
 
 
-def test_the_dead_letter_reason_matches_the_pattern_ops_searches_for():
-    reason = dead_letter_reason(7)
-    prefix, suffix = DEAD_LETTER_PATTERN.split("%")
-    assert reason.startswith(prefix)
-    assert reason.endswith(suffix)
-
-
 class FakeQueries:
     def __init__(self, records: dict[str, OperationRecord], ended: list[OperationRecord]) -> None:
         self.records = records
         self.ended = ended
-        self.pattern = ""
+        self.asked: tuple[float, int] | None = None
 
     async def list_tokens(self) -> list[TokenRecord]:
         return []
@@ -220,10 +212,8 @@ class FakeQueries:
     async def operation_records(self, ids: Sequence[str]) -> dict[str, OperationRecord]:
         return {i: self.records[i] for i in ids if i in self.records}
 
-    async def operations_ended_with(
-        self, pattern: str, since: float, limit: int
-    ) -> list[OperationRecord]:
-        self.pattern = pattern
+    async def dead_lettered_operations(self, since: float, limit: int) -> list[OperationRecord]:
+        self.asked = (since, limit)
         return self.ended
 
 
@@ -244,4 +234,4 @@ async def test_dead_letters_pairs_each_waiting_message_with_its_operation():
         ("opngone", None),
     ]
     assert report.ended == ended
-    assert queries.pattern == DEAD_LETTER_PATTERN
+    assert queries.asked == (60, 10)

@@ -75,6 +75,13 @@ log = structlog.get_logger(__name__)
 # the end of the transaction (created at 0 for a folder that has none yet), less the count of
 # those finished, read without waiting for the paths that finish them (migration 0009). The
 # trigger adds the operation this transaction inserts.
+#
+# "accepted less released" is also in begin_updates.sql and in migration 0009's view
+# folder_unfinished. The copies stay: reading the view in this statement would read
+# folder_quotas as of the statement's snapshot, taken before the upsert waited for the row, and
+# miss an accept committed meanwhile (racing calls could pass the quota together); reading it in
+# a statement of its own costs a round trip on every accept. RETURNING reads the row as locked.
+# tests/integration/test_folder_quota.py's property test holds the three copies to the rows.
 _LOCK_QUOTA = """
 INSERT INTO folder_quotas (folder_id, accepted) VALUES ($1, 0)
 ON CONFLICT (folder_id) DO UPDATE SET accepted = folder_quotas.accepted

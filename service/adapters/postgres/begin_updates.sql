@@ -33,7 +33,10 @@ WITH requested AS (
 ), quota AS (
     -- The folders' counts, their rows of accepts locked after the images and in one order (as
     -- accept.py locks one), so racing accepts of a folder take turns; less what was finished
-    -- (migration 0009), read without waiting for the paths that finish operations.
+    -- (migration 0009), read without waiting for the paths that finish operations. A copy of
+    -- the view folder_unfinished, kept because a CTE reading the view would see folder_quotas
+    -- as of this statement's snapshot, not as locked here (accept.py's _LOCK_QUOTA says more);
+    -- tests/integration/test_folder_quota.py's property test holds the copies together.
     INSERT INTO folder_quotas (folder_id, accepted)
     SELECT DISTINCT folder_id, 0 FROM startable ORDER BY folder_id
     ON CONFLICT (folder_id) DO UPDATE SET accepted = folder_quotas.accepted

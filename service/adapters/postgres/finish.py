@@ -169,17 +169,24 @@ class PostgresTransaction:
         *,
         response: Image | None = None,
         error: OperationError | None = None,
+        dead_lettered: bool = False,
     ) -> None:
         if (response is None) == (error is None):
             raise ValueError("an operation finishes with exactly one of response or error")
+        if dead_lettered and error is None:
+            raise ValueError("a dead-lettered operation finishes with an error")
+        # dead_lettered_at (migration 0011) is the finish's own time: the one the operator's
+        # dead-letter query filters and orders on.
         row = await self.conn.fetchrow(
             "UPDATE operations SET done = true, modified_at = now(), lease_until = NULL,"
-            " response = $2, error_code = $3, error_message = $4 WHERE id = $1 AND NOT done "
+            " response = $2, error_code = $3, error_message = $4,"
+            " dead_lettered_at = CASE WHEN $5 THEN now() END WHERE id = $1 AND NOT done "
             + _FINISHED,
             operation_id,
             None if response is None else response.snapshot(),
             None if error is None else int(error.code),
             None if error is None else error.message,
+            dead_lettered,
         )
         self._finished(row, "OK" if error is None else error.code.name)
 

@@ -80,18 +80,15 @@ class PostgresOps:
             rows = await conn.fetch(f"{_OPERATION} WHERE o.id = ANY($1::text[])", operation_ids)
         return {row["id"]: _operation(row) for row in rows}
 
-    async def operations_ended_with(
-        self, message_pattern: str, since_seconds: float, limit: int
+    async def dead_lettered_operations(
+        self, since_seconds: float, limit: int
     ) -> list[OperationRecord]:
-        # Bounded by time first: the finished-operations index on modified_at narrows the
-        # scan before the message is compared.
+        # The column the dead-letter path sets (migration 0011), with its partial index: only
+        # dead-lettered rows are read.
         async with self._db.connection() as conn:
             rows = await conn.fetch(
-                f"{_OPERATION} WHERE o.done"
-                " AND o.modified_at > now() - make_interval(secs => $2)"
-                " AND o.error_message LIKE $1"
-                " ORDER BY o.modified_at DESC, o.id LIMIT $3",
-                message_pattern,
+                f"{_OPERATION} WHERE o.dead_lettered_at > now() - make_interval(secs => $1)"
+                " ORDER BY o.dead_lettered_at DESC, o.id LIMIT $2",
                 since_seconds,
                 limit,
             )

@@ -1,5 +1,6 @@
 """Consuming a queue: a handler per message, ack after it, and a watchdog that subscribes
-again when the subscription is lost."""
+again when the subscription is lost (a supervised task: a crash in it is logged and it runs
+again, never a consumer silently left unwatched)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,18 @@ import aio_pika.abc
 import aiormq
 import structlog
 
+from service.runtime.supervisor import Supervisor
+
 log = structlog.get_logger(__name__)
 
 # Closing a channel or cancelling a subscription waits for the broker: bounded, in case it
 # just went away.
 CLOSE_TIMEOUT_SECONDS = 5.0
 SUBSCRIBE_TIMEOUT_SECONDS = 10.0
+# What a look at the broker may meet while it restarts or a channel goes: the watchdog logs
+# these and looks again at its next turn. Anything else is a bug, a crash of the watchdog,
+# which its supervisor logs with the traceback and restarts.
+BROKER_ERRORS = (OSError, TimeoutError, aiormq.exceptions.AMQPError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,10 @@ class Consumer:
         self._tag: str | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._last_delivery = 0.0
-        self._watchdog: asyncio.Task[None] | None = None
+        # Since when the channel is seen closed by the watchdog (None: open).
+        self._closed_since: float | None = None
+        # The watchdog's own supervisor: stopped with this consumer, not with the process.
+        self._tasks = Supervisor()
         # One (re)subscription at a time: the broker's reconnect and the watchdog may both try.
         self._subscribing = asyncio.Lock()
         self.stopped = False
@@ -97,9 +107,18 @@ class Consumer:
     def queue_name(self) -> str:
         return self._queue_name
 
+    @property
+    def watchdog(self) -> str:
+        """The name of the watchdog's task."""
+        return f"watch-{self._queue_name}"
+
+    def watchdog_restarts(self) -> int:
+        """How often the watchdog crashed and was restarted."""
+        return self._tasks.restarts(self.watchdog)
+
     async def start(self) -> None:
         await self._subscribe()
-        self._watchdog = asyncio.create_task(self._watch(), name=f"watch-{self._queue_name}")
+        self._tasks.start(self.watchdog, self._watch)
 
     async def ensure_subscribed(self, reason: str) -> None:
         """Subscribe again on a fresh channel unless the current one is open (or stopped)."""
@@ -139,32 +158,33 @@ class Consumer:
         log.info("consumer.resubscribed", queue=self._queue_name)
 
     async def _watch(self) -> None:
-        loop = asyncio.get_running_loop()
-        closed_since: float | None = None
         while True:
             await asyncio.sleep(self._watch_settings.interval_seconds)
-            stall = self._watch_settings.stall_seconds
             try:
-                if self._channel is None or self._channel.is_closed:
-                    # Closed while its connection lives on (a reconnect reopens it sooner).
-                    closed_since = closed_since or loop.time()
-                    if loop.time() - closed_since > stall:
-                        await self.ensure_subscribed("channel closed")
-                        closed_since = None
-                    continue
-                closed_since = None
-                if consumer_is_lost(
-                    ready=await self._ready_messages(),
-                    in_flight=len(self._in_flight),
-                    prefetch=self._prefetch,
-                    idle_seconds=loop.time() - self._last_delivery,
-                    stall_seconds=stall,
-                ):
-                    await self._resubscribe("messages wait but none arrive")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+                await self._check_subscription()
+            except BROKER_ERRORS as exc:
                 log.warning("consumer.watch_failed", queue=self._queue_name, error=repr(exc))
+
+    async def _check_subscription(self) -> None:
+        """Subscribe again if the channel stayed closed, or messages wait and none arrive."""
+        loop = asyncio.get_running_loop()
+        stall = self._watch_settings.stall_seconds
+        if self._channel is None or self._channel.is_closed:
+            # Closed while its connection lives on (a reconnect reopens it sooner).
+            self._closed_since = self._closed_since or loop.time()
+            if loop.time() - self._closed_since > stall:
+                await self.ensure_subscribed("channel closed")
+                self._closed_since = None
+            return
+        self._closed_since = None
+        if consumer_is_lost(
+            ready=await self._ready_messages(),
+            in_flight=len(self._in_flight),
+            prefetch=self._prefetch,
+            idle_seconds=loop.time() - self._last_delivery,
+            stall_seconds=stall,
+        ):
+            await self._resubscribe("messages wait but none arrive")
 
     async def _ready_messages(self) -> int:
         """Messages ready in the queue, asked on a channel of its own: aiormq closes the
@@ -221,8 +241,7 @@ class Consumer:
     async def stop(self, grace: float) -> None:
         """Stop taking messages, let in-flight ones finish for ``grace`` seconds, then cancel."""
         self.stopped = True
-        if self._watchdog is not None:
-            self._watchdog.cancel()
+        await self._tasks.stop(CLOSE_TIMEOUT_SECONDS)
         channel, queue = self._channel, self._queue
         if channel is None or queue is None:
             return
