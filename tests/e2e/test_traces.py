@@ -23,8 +23,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from service.entrypoints import api as api_process
 from service.entrypoints import worker as worker_process
-from service.entrypoints.grpc import server as api_process
 from service.runtime import tracing
 from service.runtime.settings import Settings
 from tests import support

@@ -18,8 +18,7 @@ import pytest
 
 from service.adapters.postgres.listener import DoneListener
 from service.adapters.rabbitmq import Broker
-from service.entrypoints import worker
-from service.entrypoints.grpc import server
+from service.entrypoints import api, worker
 from service.runtime.settings import Settings
 from service.usecases.outbox import PublishedMarks
 from tests.conftest import AMQP_URL
@@ -88,9 +87,9 @@ async def test_every_api_task_runs_again_after_a_crash(monkeypatch, settings, st
     crash_once(monkeypatch, calls, "broker-connect", Broker, "connect")
     crash_once(monkeypatch, calls, "published-marks", PublishedMarks, "run")
     crash_once(monkeypatch, calls, "done-listener", DoneListener, "run")
-    crash_once(monkeypatch, calls, "health", server, "dependencies_ok")
+    crash_once(monkeypatch, calls, "health", api, "dependencies_ok")
     await run_until_every_task_came_back(
-        server.serve,
+        api.serve,
         settings,
         stop,
         calls,
