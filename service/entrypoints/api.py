@@ -67,7 +67,7 @@ def _listen(server: grpc.aio.Server, settings: Settings) -> int:
     return server.add_insecure_port(settings.grpc_listen)
 
 
-def _grpc_server(settings: Settings, api: ApiUseCases) -> tuple[grpc.aio.Server, int]:
+def _grpc_server(settings: Settings, api: ApiUseCases[bytes]) -> tuple[grpc.aio.Server, int]:
     """The server with every API service, its port bound (returned: ``:0`` picks one)."""
     server = grpc.aio.server(
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,

@@ -116,7 +116,7 @@ class ImageService(image_service_pb2_grpc.ImageServiceServicer):
 
 
 class OperationService(operation_service_pb2_grpc.OperationServiceServicer):
-    def __init__(self, operations: Operations) -> None:
+    def __init__(self, operations: Operations[bytes]) -> None:
         self._operations = operations
 
     async def Get(
@@ -138,7 +138,7 @@ class LongRunningOperations(operations_pb2_grpc.OperationsServicer):  # type: ig
     """``google.longrunning.Operations`` over the same operations, for clients that would
     rather wait for ``done`` than poll."""
 
-    def __init__(self, operations: Operations) -> None:
+    def __init__(self, operations: Operations[bytes]) -> None:
         self._operations = operations
 
     async def GetOperation(

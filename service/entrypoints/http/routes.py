@@ -55,7 +55,7 @@ class OperationWaiting:
     """``WaitOperation`` over REST: the operation once it is done, or as it stands after the
     request's ``timeout`` (at most ``MAX_WAIT_SECONDS``, as over gRPC)."""
 
-    def __init__(self, operations: Operations) -> None:
+    def __init__(self, operations: Operations[bytes]) -> None:
         self._operations = operations
 
     async def Wait(
@@ -69,7 +69,9 @@ class OperationWaiting:
         return operation_to_proto(operation)
 
 
-def build_routes(api: ApiUseCases, calls: CallHandling, json_cache_size: int) -> Routes[RestMethod]:
+def build_routes(
+    api: ApiUseCases[bytes], calls: CallHandling, json_cache_size: int
+) -> Routes[RestMethod]:
     """The routes of the REST API and of the console's read; the JSON of up to
     ``json_cache_size`` finished operations is kept (``kept_json``)."""
     return Routes(_entries(api, calls, json_cache_size))
@@ -97,7 +99,7 @@ def kept_json(encode: Callable[[Any], bytes], capacity: int) -> Callable[[Any], 
 
 
 def _entries(
-    api: ApiUseCases, calls: CallHandling, json_cache_size: int
+    api: ApiUseCases[bytes], calls: CallHandling, json_cache_size: int
 ) -> Iterator[tuple[str, PathTemplate, RestMethod]]:
     services: list[tuple[ServiceDescriptor, object]] = [
         (image_service_pb2.DESCRIPTOR.services_by_name["ImageService"], ImageService(api.images)),

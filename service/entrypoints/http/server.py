@@ -52,7 +52,7 @@ _MAX_ECHOED_PATH = 200
 class RestApi:
     """Routes each request to its endpoint and writes the answer."""
 
-    def __init__(self, api: ApiUseCases, settings: Settings) -> None:
+    def __init__(self, api: ApiUseCases[bytes], settings: Settings) -> None:
         # Not metered: the gRPC server metrics count gRPC calls.
         calls = CallHandling(api.authenticator, api.limiter)
         self._routes = build_routes(api, calls, settings.operation_cache_size)
@@ -200,7 +200,7 @@ class HttpServer:
         await self._runner.cleanup()
 
 
-def make_app(api: ApiUseCases, settings: Settings) -> web.Application:
+def make_app(api: ApiUseCases[bytes], settings: Settings) -> web.Application:
     rest = RestApi(api, settings)
     # aiohttp's own limit on reading a body, above ours: ours answers first, in JSON.
     app = web.Application(
@@ -210,7 +210,7 @@ def make_app(api: ApiUseCases, settings: Settings) -> web.Application:
     return app
 
 
-async def start_http(settings: Settings, api: ApiUseCases) -> HttpServer:
+async def start_http(settings: Settings, api: ApiUseCases[bytes]) -> HttpServer:
     """Serve the REST API and the console on ``HTTP_LISTEN``; an address that cannot be
     bound ends the process with a one-line reason."""
     host, _, port = settings.http_listen.rpartition(":")
