@@ -23,8 +23,9 @@ from service.domain.model import (
     OperationError,
     OperationKind,
 )
-from service.entrypoints.grpc.calls import error_status
+from service.entrypoints.grpc.calls import error_status, passing_encoded
 from service.entrypoints.grpc.convert import (
+    EncodedOperation,
     encode_operation,
     image_to_proto,
     longrunning_operation,
@@ -186,8 +187,25 @@ def test_a_finished_delete_answers_empty():
 
 def test_an_encoded_operation_decodes_to_its_proto():
     finished = operation(OperationKind.UPDATE_IMAGE, done=True, response=IMAGE)
-    decoded = operation_pb2.Operation.FromString(encode_operation(finished))
+    decoded = operation_pb2.Operation.FromString(encode_operation(finished).wire)
     assert decoded == operation_to_proto(finished)
+
+
+def test_the_frame_sends_an_encoded_operation_as_it_is():
+    serialize = passing_encoded(operation_pb2.Operation.SerializeToString)
+    assert serialize is not None
+    finished = operation(OperationKind.UPDATE_IMAGE, done=True, response=IMAGE)
+    encoded = encode_operation(finished)
+    assert serialize(encoded) is encoded.wire  # neither encoded again nor copied
+    assert serialize(operation_to_proto(finished)) == encoded.wire
+
+
+def test_only_an_encoded_operation_passes_the_serializer_unencoded():
+    serialize = passing_encoded(lambda message: b"serialized")
+    assert serialize is not None
+    assert serialize(EncodedOperation(b"as is")) == b"as is"
+    # Bytes are not an answer of any method: they go through the method's serializer.
+    assert serialize(b"as is") == b"serialized"
 
 
 # --- longrunning_operation ------------------------------------------------------------------
