@@ -10,7 +10,7 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from service.domain.errors import Unimplemented
-from service.domain.model import IdempotencyKey, NewImage
+from service.domain.model import IdempotencyKey, NewImage, Operation
 from service.entrypoints.grpc.calls import caller
 from service.entrypoints.grpc.convert import (
     EncodedOperation,
@@ -28,6 +28,8 @@ Context = grpc.aio.ServicerContext[object, object]
 IDEMPOTENCY_HEADER = "idempotency-key"
 # The longest one WaitOperation waits before answering with the state as it stands.
 MAX_WAIT_SECONDS = 60.0
+# How long before the client's deadline a wait gives up, to answer in time.
+DEADLINE_MARGIN_SECONDS = 0.05
 
 
 def idempotency_key(context: Context, method: str, request: Message) -> IdempotencyKey | None:
@@ -41,6 +43,19 @@ def idempotency_key(context: Context, method: str, request: Message) -> Idempote
             # Keys are the caller's own: another caller's identical key is another key.
             return IdempotencyKey(caller=caller().subject, key=text, fingerprint=digest.hexdigest())
     return None
+
+
+def wait_seconds(request: operations_pb2.WaitOperationRequest, remaining: float | None) -> float:
+    """How long a wait lasts: the request's ``timeout`` (none or negative: none at all),
+    at most ``MAX_WAIT_SECONDS``, and over before the call's deadline (``remaining``
+    seconds; ``None``: no deadline), so the answer is the state as it stands then."""
+    seconds = MAX_WAIT_SECONDS
+    if request.HasField("timeout"):
+        asked = request.timeout.seconds + request.timeout.nanos / 1e9
+        seconds = min(seconds, max(asked, 0.0))
+    if remaining is not None:
+        seconds = min(seconds, max(remaining - DEADLINE_MARGIN_SECONDS, 0.0))
+    return seconds
 
 
 class ImageService(image_service_pb2_grpc.ImageServiceServicer):
@@ -150,15 +165,15 @@ class LongRunningOperations(operations_pb2_grpc.OperationsServicer):  # type: ig
     async def WaitOperation(
         self, request: operations_pb2.WaitOperationRequest, context: Context
     ) -> operations_pb2.Operation:
-        timeout = MAX_WAIT_SECONDS
-        if request.HasField("timeout"):
-            timeout = min(timeout, max(request.timeout.ToTimedelta().total_seconds(), 0.0))
-        remaining = context.time_remaining()
-        if remaining is not None:
-            # Answer before the client's deadline, with the state as it stands.
-            timeout = min(timeout, max(remaining - 0.05, 0.0))
-        operation = await self._operations.wait_operation(request.name, timeout, caller())
-        return longrunning_operation(operation)
+        return longrunning_operation(await self.waited(request, context))
+
+    async def waited(
+        self, request: operations_pb2.WaitOperationRequest, context: Context
+    ) -> Operation:
+        """The operation ``WaitOperation`` answers, in whichever message its transport
+        sends (REST's ``:wait`` answers it as ``OperationService.Get`` does)."""
+        seconds = wait_seconds(request, context.time_remaining())
+        return await self._operations.wait_operation(request.name, seconds, caller())
 
     async def CancelOperation(
         self, request: operations_pb2.CancelOperationRequest, context: Context

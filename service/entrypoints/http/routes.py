@@ -20,12 +20,12 @@ from google.longrunning import operations_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 
 from service.bootstrap import ApiUseCases
-from service.entrypoints.grpc.calls import CallHandling, caller
+from service.entrypoints.grpc.calls import CallHandling
 from service.entrypoints.grpc.convert import EncodedOperation, operation_to_proto
 from service.entrypoints.grpc.servicers import (
-    MAX_WAIT_SECONDS,
     Context,
     ImageService,
+    LongRunningOperations,
     OperationService,
 )
 from service.entrypoints.http import console_api
@@ -52,21 +52,16 @@ class RestMethod:
 
 
 class OperationWaiting:
-    """``WaitOperation`` over REST: the operation once it is done, or as it stands after the
-    request's ``timeout`` (at most ``MAX_WAIT_SECONDS``, as over gRPC)."""
+    """``WaitOperation`` over REST: the same servicer's wait (its timeout rule, at most
+    ``MAX_WAIT_SECONDS``), answered as ``OperationService.Get`` answers."""
 
     def __init__(self, operations: Operations[EncodedOperation]) -> None:
-        self._operations = operations
+        self._waiting = LongRunningOperations(operations)
 
     async def Wait(
         self, request: operations_pb2.WaitOperationRequest, context: Context
     ) -> operation_pb2.Operation:
-        timeout = MAX_WAIT_SECONDS
-        if request.HasField("timeout"):
-            seconds = request.timeout.seconds + request.timeout.nanos / 1e9
-            timeout = min(timeout, max(seconds, 0.0))
-        operation = await self._operations.wait_operation(request.name, timeout, caller())
-        return operation_to_proto(operation)
+        return operation_to_proto(await self._waiting.waited(request, context))
 
 
 def build_routes(
