@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic
 
 from service.adapters.download import HttpDownloader
 from service.adapters.postgres import Postgres
@@ -17,6 +19,7 @@ from service.adapters.postgres.gauges import DatabaseGauges
 from service.adapters.postgres.listener import DoneListener
 from service.adapters.postgres.schema import PostgresSchema, connect_database
 from service.adapters.rabbitmq import Broker
+from service.domain.model import Operation
 from service.domain.network import NetworkPolicy, parse_networks
 from service.runtime.exposition import MetricsServer, start_metrics_server
 from service.runtime.ratelimit import RateLimiter
@@ -27,7 +30,7 @@ from service.runtime.waiters import OperationWaiters
 from service.usecases.auth import Authenticator
 from service.usecases.execute import Executor
 from service.usecases.images import Images
-from service.usecases.operations import Encode, Operations
+from service.usecases.operations import Encoded, Operations
 from service.usecases.outbox import PublishedMarks
 from service.usecases.recent import RecentOperations
 from service.usecases.schema import ensure_schema_current
@@ -106,21 +109,24 @@ def network_policy(settings: Settings) -> NetworkPolicy:
 
 
 @dataclass(frozen=True)
-class ApiUseCases:
-    """The API's use cases, and what its call frame needs."""
+class ApiUseCases(Generic[Encoded]):
+    """The API's use cases, and what its call frame needs; ``Encoded`` is the entry point's
+    form of an operation on the wire."""
 
     images: Images
-    operations: Operations
+    operations: Operations[Encoded]
     marks: PublishedMarks
     authenticator: Authenticator
     limiter: RateLimiter
     recent: RecentOperations  # the operations console's read
 
 
-def build_api(infra: Infrastructure, encode: Encode) -> ApiUseCases:
+def build_api(
+    infra: Infrastructure, encode: Callable[[Operation], Encoded]
+) -> ApiUseCases[Encoded]:
     """The API's use cases over the infrastructure, with their background tasks started.
 
-    ``encode`` is the entry point's wire form of an operation (finished ones are kept
+    ``encode`` is the entry point's form of an operation on the wire (finished ones are kept
     encoded).
     """
     settings, postgres = infra.settings, infra.postgres

@@ -177,5 +177,36 @@ class Operation:
     error: OperationError | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NewOperation:
+    """An operation a call is about to start, as the call knows it. Accepting it adds what
+    only the database knows (the folder of an Update's or a Delete's image, the time) and
+    gives the ``Operation`` (``accepted``)."""
+
+    id: str
+    kind: OperationKind
+    image_id: str
+    created_by: str
+
+    @property
+    def description(self) -> str:
+        return DESCRIPTIONS[self.kind]
+
+    def accepted(self, folder_id: str, created_at: datetime) -> Operation:
+        """The operation as accepted: unfinished, in ``folder_id``, created (and last
+        modified) at ``created_at``."""
+        return Operation(
+            id=self.id,
+            kind=self.kind,
+            image_id=self.image_id,
+            folder_id=folder_id,
+            description=self.description,
+            created_at=created_at,
+            created_by=self.created_by,
+            modified_at=created_at,
+            done=False,
+        )
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)

@@ -23,7 +23,7 @@ from service.bootstrap import (
 )
 from service.domain.endpoints import announced_endpoints, is_unspecified, public_address
 from service.entrypoints.grpc.calls import CallHandling
-from service.entrypoints.grpc.convert import encode_operation
+from service.entrypoints.grpc.convert import EncodedOperation, encode_operation
 from service.entrypoints.grpc.endpoints import ApiEndpointService
 from service.entrypoints.grpc.servicers import (
     ImageService,
@@ -67,7 +67,9 @@ def _listen(server: grpc.aio.Server, settings: Settings) -> int:
     return server.add_insecure_port(settings.grpc_listen)
 
 
-def _grpc_server(settings: Settings, api: ApiUseCases) -> tuple[grpc.aio.Server, int]:
+def _grpc_server(
+    settings: Settings, api: ApiUseCases[EncodedOperation]
+) -> tuple[grpc.aio.Server, int]:
     """The server with every API service, its port bound (returned: ``:0`` picks one)."""
     server = grpc.aio.server(
         maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,

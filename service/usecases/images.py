@@ -16,11 +16,11 @@ from service.domain.auth import Principal
 from service.domain.errors import ServiceError, image_not_found
 from service.domain.listing import image_query, operation_query
 from service.domain.model import (
-    DESCRIPTIONS,
     IdempotencyKey,
     Image,
     ImageStatus,
     NewImage,
+    NewOperation,
     Operation,
     OperationKind,
     utcnow,
@@ -57,20 +57,9 @@ class OperationPage:
     next_page_token: str
 
 
-def new_operation(kind: OperationKind, image_id: str, folder_id: str, created_by: str) -> Operation:
-    """An unfinished operation about to be accepted."""
-    now = utcnow()  # replaced by the database's clock when the row is written
-    return Operation(
-        id=ids.new_id(ids.OPERATION_PREFIX),
-        kind=kind,
-        image_id=image_id,
-        folder_id=folder_id,
-        description=DESCRIPTIONS[kind],
-        created_at=now,
-        created_by=created_by,
-        modified_at=now,
-        done=False,
-    )
+def new_operation(kind: OperationKind, image_id: str, created_by: str) -> NewOperation:
+    """An operation about to be accepted, with an ID of its own."""
+    return NewOperation(ids.new_id(ids.OPERATION_PREFIX), kind, image_id, created_by)
 
 
 class Images:
@@ -119,9 +108,7 @@ class Images:
             created_at=utcnow(),
             labels=dict(request.labels),
         )
-        operation = new_operation(
-            OperationKind.CREATE_IMAGE, image.id, request.folder_id, caller.subject
-        )
+        operation = new_operation(OperationKind.CREATE_IMAGE, image.id, caller.subject)
         accepted = await self._accepts.insert_create(image, operation, request, idempotency)
         return await self._enqueue(accepted, caller)
 
@@ -140,7 +127,7 @@ class Images:
         caller.require_editor()
         change = resolve_update(image_id, mask_paths, name, description, labels)
         _validate_key(idempotency)
-        operation = new_operation(OperationKind.UPDATE_IMAGE, image_id, "", caller.subject)
+        operation = new_operation(OperationKind.UPDATE_IMAGE, image_id, caller.subject)
         folders = caller.folder_filter()
         # The batch is written by another task: the call's trace context goes with it.
         new = NewUpdate(operation, change, folders, tracing.traceparent(), idempotency)
@@ -158,7 +145,7 @@ class Images:
         caller.require_editor()
         validate_image_id(image_id)
         _validate_key(idempotency)
-        operation = new_operation(OperationKind.DELETE_IMAGE, image_id, "", caller.subject)
+        operation = new_operation(OperationKind.DELETE_IMAGE, image_id, caller.subject)
         accepted = await self._accepts.begin_delete(operation, idempotency, caller.folder_filter())
         return await self._enqueue(accepted, caller)
 

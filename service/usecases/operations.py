@@ -1,4 +1,15 @@
-"""Operation use cases: get (from memory once finished), wait until done, cancel."""
+"""Operation use cases: get (from memory once finished), wait until done, cancel.
+
+A finished operation never changes, so it is kept in memory and, with it, its encoded form,
+made once, for the entry point that sends it as it is (``OperationService.Get`` of a finished
+operation costs a dictionary lookup and no encoding). What "encoded" is belongs to the entry
+point: the use case is generic over it (``Encoded``) and only calls the ``encode`` the
+composition root hands it, never looking inside. The encoded form is kept in the same entry
+as the operation, not in a cache of the entry point's keyed by operation ID, because it lives
+and dies with that entry: made when the operation is kept, dropped when it is evicted or
+passes the retention period. A second cache would need those rules again (or a check that it
+holds the same operation) and a second lookup on every poll.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Generic, TypeVar
 
 import structlog
 
@@ -22,10 +34,11 @@ from service.usecases.undo import end_with_error
 
 log = structlog.get_logger(__name__)
 
-Encode = Callable[[Operation], bytes]
+# An operation as an entry point sends it; opaque here.
+Encoded = TypeVar("Encoded")
 
 
-class FinishedOperations:
+class FinishedOperations(Generic[Encoded]):
     """Finished operations never change, so they are kept in memory (least recent out), each
     with its encoded form, made once, for the entry point that sends it.
 
@@ -33,12 +46,14 @@ class FinishedOperations:
     forgotten here too: every API process answers NOT_FOUND for it alike.
     """
 
-    def __init__(self, capacity: int, encode: Encode, retention_seconds: float) -> None:
+    def __init__(
+        self, capacity: int, encode: Callable[[Operation], Encoded], retention_seconds: float
+    ) -> None:
         self._retention = timedelta(seconds=min(retention_seconds, 1e9))
         self._encode = encode
-        self._items: Lru[str, tuple[Operation, bytes]] = Lru(capacity)
+        self._items: Lru[str, tuple[Operation, Encoded]] = Lru(capacity)
 
-    def get(self, operation_id: str) -> tuple[Operation, bytes] | None:
+    def get(self, operation_id: str) -> tuple[Operation, Encoded] | None:
         entry = self._items.get(operation_id)
         if entry is None:
             metrics.CACHE_MISS.inc()
@@ -50,7 +65,7 @@ class FinishedOperations:
         metrics.CACHE_HIT.inc()
         return entry
 
-    def put(self, operation: Operation) -> tuple[Operation, bytes | None]:
+    def put(self, operation: Operation) -> tuple[Operation, Encoded | None]:
         """Keep a finished operation, encoded once; an unfinished one is neither kept nor
         encoded (``None``): it may change, and not every reader sends it."""
         if not operation.done:
@@ -64,11 +79,11 @@ def _operation_not_found(operation_id: str) -> NotFound:
     return NotFound(f"Operation {operation_id} not found")
 
 
-class Operations:
+class Operations(Generic[Encoded]):
     """What the API does with operations; servicers only convert protobuf around it.
 
-    ``encode`` is the entry point's wire form of an operation: a finished one is encoded
-    once and answered as those bytes ever after.
+    ``encode`` is the entry point's form of an operation on the wire: a finished one is
+    encoded once and answered in that form ever after.
     """
 
     def __init__(
@@ -77,7 +92,7 @@ class Operations:
         store: Finishes,
         waiters: OperationWaiters,
         *,
-        encode: Encode,
+        encode: Callable[[Operation], Encoded],
         cache_size: int,
         retention_seconds: float = float("inf"),
     ) -> None:
@@ -95,15 +110,15 @@ class Operations:
 
     async def get_operation_encoded(
         self, operation_id: str, caller: Principal
-    ) -> tuple[Operation, bytes]:
+    ) -> tuple[Operation, Encoded]:
         """The operation and its encoded form (made once, when it is finished)."""
         operation, encoded = await self._read(operation_id, caller)
         return operation, self._encode(operation) if encoded is None else encoded
 
-    async def _read(self, operation_id: str, caller: Principal) -> tuple[Operation, bytes | None]:
+    async def _read(self, operation_id: str, caller: Principal) -> tuple[Operation, Encoded | None]:
         """From memory once finished, else from the database; the encoded form if kept."""
         validate_operation_id(operation_id)
-        entry: tuple[Operation, bytes | None] | None = self._finished.get(operation_id)
+        entry: tuple[Operation, Encoded | None] | None = self._finished.get(operation_id)
         if entry is None:
             operation = await self._reads.submit(operation_id)
             if operation is None:

@@ -21,6 +21,7 @@ from service.domain.model import (
     ImageChange,
     ImageStatus,
     NewImage,
+    NewOperation,
     Operation,
     OperationError,
 )
@@ -37,11 +38,12 @@ class Accepted:
 
 @dataclass(frozen=True)
 class NewUpdate:
-    """An Update to accept: its new operation, the change, the caller's folder filter, the
-    call's W3C trace context (``traceparent``; ``None`` while tracing is off), kept with the
-    operation, and the call's idempotency key, if it sent one."""
+    """An Update to accept: its new operation (as the call knows it), the change, the
+    caller's folder filter, the call's W3C trace context (``traceparent``; ``None`` while
+    tracing is off), kept with the operation, and the call's idempotency key, if it sent
+    one."""
 
-    operation: Operation
+    operation: NewOperation
     change: ImageChange
     folders: list[str] | None
     trace_context: str | None = None
@@ -50,20 +52,21 @@ class NewUpdate:
 
 class Accepts(Protocol):
     """Accepting operations: each records its operation and moves its image in one
-    transaction, behind the idempotency key if one is given. Refusals raise the domain's
-    errors (``NotFound``, ``FailedPrecondition``, ``AlreadyExists``, ``ResourceExhausted``)."""
+    transaction, behind the idempotency key if one is given, and gives it back whole (its
+    folder and its times are the database's). Refusals raise the domain's errors
+    (``NotFound``, ``FailedPrecondition``, ``AlreadyExists``, ``ResourceExhausted``)."""
 
     async def insert_create(
         self,
         image: Image,
-        operation: Operation,
+        operation: NewOperation,
         request: NewImage,
         idempotency: IdempotencyKey | None = None,
     ) -> Accepted: ...
 
     async def begin_update(
         self,
-        operation: Operation,
+        operation: NewOperation,
         change: ImageChange,
         idempotency: IdempotencyKey | None = None,
         folders: list[str] | None = None,
@@ -77,7 +80,7 @@ class Accepts(Protocol):
 
     async def begin_delete(
         self,
-        operation: Operation,
+        operation: NewOperation,
         idempotency: IdempotencyKey | None = None,
         folders: list[str] | None = None,
     ) -> Accepted: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service.domain import ids
-from service.domain.model import DESCRIPTIONS, ImageChange, Operation, OperationKind, utcnow
+from service.domain.model import ImageChange, NewOperation, OperationKind
 from service.usecases.ports import NewUpdate
 
 READY, UPDATING, CREATING = 2, 5, 1
@@ -24,17 +24,8 @@ async def add_image(db: Any, folder: str, name: str | None = None, status: int =
 
 
 def update(image_id: str, change: ImageChange, folders: list[str] | None = None) -> NewUpdate:
-    now = utcnow()
-    operation = Operation(
-        id=ids.new_id(ids.OPERATION_PREFIX),
-        kind=OperationKind.UPDATE_IMAGE,
-        image_id=image_id,
-        folder_id="",
-        description=DESCRIPTIONS[OperationKind.UPDATE_IMAGE],
-        created_at=now,
-        created_by="tester",
-        modified_at=now,
-        done=False,
+    operation = NewOperation(
+        ids.new_id(ids.OPERATION_PREFIX), OperationKind.UPDATE_IMAGE, image_id, "tester"
     )
     return NewUpdate(operation, change, folders)
 

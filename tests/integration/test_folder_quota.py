@@ -78,7 +78,7 @@ async def test_fifty_creates_racing_for_ten_places_accept_exactly_ten(racing: Po
 
     async def create(n: int) -> object:
         image, request = new_create(f, n)
-        operation = new_operation(OperationKind.CREATE_IMAGE, image.id, f, "tester")
+        operation = new_operation(OperationKind.CREATE_IMAGE, image.id, "tester")
         return await racing.accepts.insert_create(image, operation, request)
 
     results = await asyncio.gather(*(create(n) for n in range(50)), return_exceptions=True)
@@ -119,7 +119,7 @@ async def test_accepts_do_not_wait_for_a_finish_in_their_folder(racing: Postgres
     accepts = PostgresAccepts(racing.db, max_unfinished_per_folder=2)
     first, second, third = [await add_image(db, f) for _ in range(3)]
     running = await accepts.begin_update(
-        new_operation(OperationKind.UPDATE_IMAGE, first, "", "tester"), ImageChange(description="1")
+        new_operation(OperationKind.UPDATE_IMAGE, first, "tester"), ImageChange(description="1")
     )
     async with db.acquire() as conn, conn.transaction():
         await conn.execute(
@@ -128,7 +128,7 @@ async def test_accepts_do_not_wait_for_a_finish_in_their_folder(racing: Postgres
         # The quota (2) has room for one more while the finish is not committed.
         await asyncio.wait_for(
             accepts.begin_update(
-                new_operation(OperationKind.UPDATE_IMAGE, second, "", "tester"),
+                new_operation(OperationKind.UPDATE_IMAGE, second, "tester"),
                 ImageChange(description="2"),
             ),
             timeout=5,
@@ -136,14 +136,14 @@ async def test_accepts_do_not_wait_for_a_finish_in_their_folder(racing: Postgres
         with pytest.raises(ResourceExhausted):
             await asyncio.wait_for(
                 accepts.begin_update(
-                    new_operation(OperationKind.UPDATE_IMAGE, third, "", "tester"),
+                    new_operation(OperationKind.UPDATE_IMAGE, third, "tester"),
                     ImageChange(description="3"),
                 ),
                 timeout=5,
             )
     # Committed, the finish frees its place.
     await accepts.begin_update(
-        new_operation(OperationKind.UPDATE_IMAGE, third, "", "tester"), ImageChange(description="3")
+        new_operation(OperationKind.UPDATE_IMAGE, third, "tester"), ImageChange(description="3")
     )
     kept, counted = await counts(db, [f])
     assert kept == counted == {f: 2}

@@ -42,6 +42,7 @@ from service.domain.model import (
     ImageChange,
     ImageStatus,
     NewImage,
+    NewOperation,
     Operation,
     OperationError,
     OperationKind,
@@ -307,7 +308,7 @@ class FakeStore:
     async def insert_create(
         self,
         image: Image,
-        operation: Operation,
+        operation: NewOperation,
         request: NewImage,
         idempotency: IdempotencyKey | None = None,
     ) -> Accepted:
@@ -317,13 +318,13 @@ class FakeStore:
             state.ensure_name_free(image.folder_id, image.name, image.id)
             state.ensure_within_quota(image.folder_id, self.max_unfinished_per_folder)
             state.images[image.id] = image
-            return self._insert_operation(state, operation, {"uri": request.uri})
+            return self._insert_operation(state, operation, image.folder_id, {"uri": request.uri})
 
         return await self._accept(idempotency, operation.id, insert)
 
     async def begin_update(
         self,
-        operation: Operation,
+        operation: NewOperation,
         change: ImageChange,
         idempotency: IdempotencyKey | None = None,
         folders: list[str] | None = None,
@@ -353,7 +354,7 @@ class FakeStore:
 
     async def begin_delete(
         self,
-        operation: Operation,
+        operation: NewOperation,
         idempotency: IdempotencyKey | None = None,
         folders: list[str] | None = None,
     ) -> Accepted:
@@ -364,14 +365,14 @@ class FakeStore:
             ensure_deletable(image.id, image.status)
             state.ensure_within_quota(image.folder_id, self.max_unfinished_per_folder)
             state.images[image.id] = replace(image, status=ImageStatus.DELETING)
-            accepted = replace(operation, folder_id=image.folder_id)
-            return self._insert_operation(state, accepted, {"status_before": int(image.status)})
+            before = {"status_before": int(image.status)}
+            return self._insert_operation(state, operation, image.folder_id, before)
 
         return await self._accept(idempotency, operation.id, begin)
 
     def _begin_alone(
         self,
-        operation: Operation,
+        operation: NewOperation,
         change: ImageChange,
         folders: list[str] | None,
         update: NewUpdate,
@@ -386,7 +387,7 @@ class FakeStore:
         return accepted
 
     def _begin(
-        self, state: State, operation: Operation, change: ImageChange, folders: list[str] | None
+        self, state: State, operation: NewOperation, change: ImageChange, folders: list[str] | None
     ) -> Operation:
         """``READY -> UPDATING`` and the Update recorded, in the adapter's order of checks."""
         image = state.visible_image(operation.image_id, folders)
@@ -395,8 +396,7 @@ class FakeStore:
         if change.name is not None:
             state.ensure_name_free(image.folder_id, change.name, image.id)
         state.images[image.id] = replace(image, status=ImageStatus.UPDATING)
-        accepted = replace(operation, folder_id=image.folder_id)
-        return self._insert_operation(state, accepted, change.to_json())
+        return self._insert_operation(state, operation, image.folder_id, change.to_json())
 
     async def _accept(
         self,
@@ -440,11 +440,10 @@ class FakeStore:
         return row.operation_id
 
     def _insert_operation(
-        self, state: State, operation: Operation, request: Mapping[str, Any]
+        self, state: State, operation: NewOperation, folder_id: str, request: Mapping[str, Any]
     ) -> Operation:
-        """An unfinished operation, stamped with the store's clock."""
-        now = self.stamp()
-        stored = replace(operation, created_at=now, modified_at=now, done=False)
+        """An unfinished operation in ``folder_id``, stamped with the store's clock."""
+        stored = operation.accepted(folder_id, self.stamp())
         state.operations[stored.id] = OperationRow(stored, dict(request))
         return stored
 

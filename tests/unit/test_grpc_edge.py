@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.longrunning import operations_pb2
 from google.protobuf import any_pb2, empty_pb2
 from google.rpc import error_details_pb2, status_pb2
 
@@ -23,13 +24,15 @@ from service.domain.model import (
     OperationError,
     OperationKind,
 )
-from service.entrypoints.grpc.calls import error_status
+from service.entrypoints.grpc.calls import error_status, passing_encoded
 from service.entrypoints.grpc.convert import (
+    EncodedOperation,
     encode_operation,
     image_to_proto,
     longrunning_operation,
     operation_to_proto,
 )
+from service.entrypoints.grpc.servicers import MAX_WAIT_SECONDS, wait_seconds
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2
 from yandex.cloud.operation import operation_pb2
 
@@ -186,8 +189,25 @@ def test_a_finished_delete_answers_empty():
 
 def test_an_encoded_operation_decodes_to_its_proto():
     finished = operation(OperationKind.UPDATE_IMAGE, done=True, response=IMAGE)
-    decoded = operation_pb2.Operation.FromString(encode_operation(finished))
+    decoded = operation_pb2.Operation.FromString(encode_operation(finished).wire)
     assert decoded == operation_to_proto(finished)
+
+
+def test_the_frame_sends_an_encoded_operation_as_it_is():
+    serialize = passing_encoded(operation_pb2.Operation.SerializeToString)
+    assert serialize is not None
+    finished = operation(OperationKind.UPDATE_IMAGE, done=True, response=IMAGE)
+    encoded = encode_operation(finished)
+    assert serialize(encoded) is encoded.wire  # neither encoded again nor copied
+    assert serialize(operation_to_proto(finished)) == encoded.wire
+
+
+def test_only_an_encoded_operation_passes_the_serializer_unencoded():
+    serialize = passing_encoded(lambda message: b"serialized")
+    assert serialize is not None
+    assert serialize(EncodedOperation(b"as is")) == b"as is"
+    # Bytes are not an answer of any method: they go through the method's serializer.
+    assert serialize(b"as is") == b"serialized"
 
 
 # --- longrunning_operation ------------------------------------------------------------------
@@ -220,3 +240,32 @@ def test_a_longrunning_operation_keeps_the_error():
 def test_a_finished_delete_as_longrunning_answers_empty():
     proto = longrunning_operation(operation(OperationKind.DELETE_IMAGE, done=True))
     assert proto.response.type_url == f"{TYPE}google.protobuf.Empty"
+
+
+# --- wait_seconds: WaitOperation's and REST's :wait's one timeout rule ------------------------
+
+
+def wait_request(seconds: float | None = None) -> operations_pb2.WaitOperationRequest:
+    request = operations_pb2.WaitOperationRequest(name="opn1")
+    if seconds is not None:
+        request.timeout.FromTimedelta(timedelta(seconds=seconds))
+    return request
+
+
+@pytest.mark.parametrize(
+    ("timeout", "remaining", "waits"),
+    [
+        (None, None, MAX_WAIT_SECONDS),  # no timeout asked: the longest
+        (1.5, None, 1.5),
+        (MAX_WAIT_SECONDS * 10, None, MAX_WAIT_SECONDS),  # never longer than the longest
+        (-3.0, None, 0.0),  # a negative timeout: the state as it stands
+        (0.0, None, 0.0),
+        (None, 1.0, 0.95),  # over before the client's deadline
+        (30.0, 0.01, 0.0),
+        (0.5, 10.0, 0.5),
+    ],
+)
+def test_a_wait_lasts_the_timeout_at_most_the_longest_and_ends_before_the_deadline(
+    timeout: float | None, remaining: float | None, waits: float
+):
+    assert wait_seconds(wait_request(timeout), remaining) == pytest.approx(waits)

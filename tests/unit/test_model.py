@@ -12,7 +12,10 @@ from service.domain.model import (
     Image,
     ImageChange,
     ImageStatus,
+    NewOperation,
+    Operation,
     OperationError,
+    OperationKind,
     utcnow,
 )
 
@@ -228,3 +231,27 @@ def test_image_not_found_names_the_image() -> None:
 def test_utcnow_is_aware_and_utc() -> None:
     now = utcnow()
     assert now.utcoffset() == timedelta(0)
+
+
+# --- NewOperation: what a call knows, made whole by accepting it -----------------------------
+
+
+def test_an_accepted_operation_is_unfinished_in_the_folder_and_at_the_time_it_was_given():
+    new = NewOperation("opn" + "1" * 17, OperationKind.DELETE_IMAGE, "img" + "2" * 17, "alice")
+    assert new.accepted("b1gfolder", CREATED_AT) == Operation(
+        id=new.id,
+        kind=OperationKind.DELETE_IMAGE,
+        image_id=new.image_id,
+        folder_id="b1gfolder",
+        description="Delete image",
+        created_at=CREATED_AT,
+        created_by="alice",
+        modified_at=CREATED_AT,
+        done=False,
+    )
+
+
+def test_a_new_operation_has_no_folder_and_no_time_of_its_own():
+    """What only the database knows cannot be made up before it is asked."""
+    fields = set(NewOperation.__dataclass_fields__)
+    assert fields.isdisjoint({"folder_id", "created_at", "modified_at", "done"})

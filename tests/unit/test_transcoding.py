@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.domain.errors import Code, InvalidArgument
-from service.entrypoints.grpc.convert import pack
+from service.entrypoints.grpc.convert import EncodedOperation, pack
 from service.entrypoints.http.paths import Match, PathTemplate, Routes
 from service.entrypoints.http.responses import HTTP_STATUS, error_json, http_status, retry_after
 from service.entrypoints.http.routes import kept_json
@@ -262,7 +262,7 @@ def test_decoding_anything_gives_a_request_or_names_what_is_wrong(method, body, 
 # --- answers and statuses -----------------------------------------------------------------------
 
 
-def test_an_answer_is_canonical_json_whether_given_as_a_message_or_its_bytes():
+def test_an_answer_is_canonical_json_whether_given_as_a_message_or_encoded():
     image = image_pb2.Image(id="img1", status=image_pb2.Image.READY, labels={"a": "b"})
     operation = operation_pb2.Operation(id="opn1", done=True, response=pack(image))
     binding = BY_NAME["OperationGet"]
@@ -277,7 +277,12 @@ def test_an_answer_is_canonical_json_whether_given_as_a_message_or_its_bytes():
         },
     }
     assert json.loads(binding.encode(operation)) == expected
-    assert json.loads(binding.encode(operation.SerializeToString())) == expected
+    encoded = EncodedOperation(operation.SerializeToString())
+    assert binding.encode(encoded) == binding.encode(operation)
+    assert json.loads(binding.encode(encoded)) == expected
+    # And through the route's encoder, which keeps the JSON of an encoded one.
+    kept = kept_json(binding.encode, capacity=2)
+    assert kept(encoded) == kept(encoded) == kept(operation) == binding.encode(operation)
     page = image_service_pb2.ListImagesResponse(images=[image])
     only = Binding.from_rule(
         "/m",
@@ -330,8 +335,10 @@ def test_the_json_of_an_answer_given_encoded_is_made_once():
         return b"{}"
 
     kept = kept_json(encode, capacity=2)
-    finished = operation_pb2.Operation(id="opn1", done=True).SerializeToString()
+    wire = operation_pb2.Operation(id="opn1", done=True).SerializeToString
+    finished = EncodedOperation(wire())
     assert kept(finished) == kept(finished) == b"{}"
+    assert kept(EncodedOperation(wire())) == b"{}"  # the same operation, encoded again
     unfinished = operation_pb2.Operation(id="opn2")
     kept(unfinished)
     kept(unfinished)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
 from typing import Any, NoReturn
 
 import asyncpg
@@ -35,6 +34,7 @@ from service.domain.model import (
     ImageChange,
     ImageStatus,
     NewImage,
+    NewOperation,
     Operation,
 )
 from service.domain.rules import ensure_deletable, ensure_updatable, ensure_within_quota
@@ -100,7 +100,7 @@ class PostgresAccepts:
     async def insert_create(
         self,
         image: Image,
-        operation: Operation,
+        operation: NewOperation,
         request: NewImage,
         idempotency: IdempotencyKey | None = None,
     ) -> Accepted:
@@ -124,13 +124,13 @@ class PostgresAccepts:
             except asyncpg.UniqueViolationError as exc:
                 raise image_name_taken(image.name) from exc
             await self._check_quota(conn, image.folder_id)
-            return await _insert_operation(conn, operation, {"uri": request.uri})
+            return await _insert_operation(conn, operation, image.folder_id, {"uri": request.uri})
 
         return await self._accept(idempotency, operation.id, insert)
 
     async def begin_update(
         self,
-        operation: Operation,
+        operation: NewOperation,
         change: ImageChange,
         idempotency: IdempotencyKey | None = None,
         folders: list[str] | None = None,
@@ -163,9 +163,7 @@ class PostgresAccepts:
                 )
                 if taken:
                     raise image_name_taken(change.name)
-            return await _insert_operation(
-                conn, replace(operation, folder_id=folder_id), change.to_json()
-            )
+            return await _insert_operation(conn, operation, folder_id, change.to_json())
 
         return await self._accept(idempotency, operation.id, begin)
 
@@ -206,12 +204,7 @@ class PostgresAccepts:
                 return [None] * len(updates)
         by_id = {u.operation.id: u.operation for u in updates}
         accepted = {
-            row["id"]: replace(
-                by_id[row["id"]],
-                folder_id=row["folder_id"],
-                created_at=row["created_at"],
-                modified_at=row["created_at"],
-            )
+            row["id"]: by_id[row["id"]].accepted(row["folder_id"], row["created_at"])
             for row in rows
         }
         return [accepted.get(u.operation.id) for u in updates]
@@ -270,7 +263,7 @@ class PostgresAccepts:
 
     async def begin_delete(
         self,
-        operation: Operation,
+        operation: NewOperation,
         idempotency: IdempotencyKey | None = None,
         folders: list[str] | None = None,
     ) -> Accepted:
@@ -292,9 +285,7 @@ class PostgresAccepts:
                 int(ImageStatus.DELETING),
             )
             return await _insert_operation(
-                conn,
-                replace(operation, folder_id=row["folder_id"]),
-                {"status_before": int(status)},
+                conn, operation, row["folder_id"], {"status_before": int(status)}
             )
 
         return await self._accept(idempotency, operation.id, begin)
@@ -342,21 +333,22 @@ async def _explain_not_updatable(
 
 
 async def _insert_operation(
-    conn: Connection, operation: Operation, request: dict[str, Any]
+    conn: Connection, operation: NewOperation, folder_id: str, request: dict[str, Any]
 ) -> Operation:
-    """Insert an unfinished operation; returns it with the database's timestamps."""
+    """Insert an unfinished operation in ``folder_id``; returns it with the database's
+    timestamps."""
     created_at = await conn.fetchval(
         _INSERT_OPERATION,
         operation.id,
         operation.kind.value,
         operation.image_id,
-        operation.folder_id,
+        folder_id,
         operation.description,
         operation.created_by,
         request,
         tracing.traceparent(),
     )
-    return replace(operation, created_at=created_at, modified_at=created_at)
+    return operation.accepted(folder_id, created_at)
 
 
 async def _claim_key(

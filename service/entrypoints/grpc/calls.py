@@ -34,7 +34,7 @@ from service.domain.errors import (
     ResourceExhausted,
     ServiceError,
 )
-from service.entrypoints.grpc.convert import pack
+from service.entrypoints.grpc.convert import EncodedOperation, pack
 from service.entrypoints.grpc.traced import traced
 from service.runtime import tracing
 from service.runtime.metrics import call_metrics
@@ -127,15 +127,15 @@ def _decode(deserializer: Callable[[bytes], Any] | None, raw: Any) -> Any:
         ) from exc
 
 
-def _passing_bytes(serializer: Serializer | None) -> Serializer | None:
-    """The method's serializer, except that a response already encoded is sent as it is."""
+def passing_encoded(serializer: Serializer | None) -> Serializer | None:
+    """The method's serializer, except that an operation already encoded is sent as it is."""
     if serializer is None:
         return None
     encode = serializer
 
     def serialize(response: Any) -> bytes:
-        if response.__class__ is bytes:
-            return response
+        if isinstance(response, EncodedOperation):
+            return response.wire
         return encode(response)
 
     return serialize
@@ -254,7 +254,7 @@ class CallHandling:
         return grpc.unary_unary_rpc_method_handler(
             call,
             request_deserializer=None,  # decoded in ``call``: bad bytes get a precise error
-            response_serializer=_passing_bytes(handler.response_serializer),
+            response_serializer=passing_encoded(handler.response_serializer),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from google.longrunning import operations_pb2
@@ -79,6 +80,15 @@ def longrunning_operation(operation: Operation) -> operations_pb2.Operation:
     return out
 
 
-def encode_operation(operation: Operation) -> bytes:
+@dataclass(frozen=True, slots=True)
+class EncodedOperation:
+    """An ``Operation`` message already serialized (``wire``), as ``OperationService.Get``
+    answers a finished operation: encoded once and sent as it is, by gRPC (the call frame's
+    serializer passes it through) and by REST (which reads its JSON from ``wire``)."""
+
+    wire: bytes
+
+
+def encode_operation(operation: Operation) -> EncodedOperation:
     """An operation as ``OperationService.Get`` sends it."""
-    return operation_to_proto(operation).SerializeToString()
+    return EncodedOperation(operation_to_proto(operation).SerializeToString())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from typing import cast
 
 import grpc
 from google.longrunning import operations_pb2, operations_pb2_grpc
@@ -11,9 +10,10 @@ from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 
 from service.domain.errors import Unimplemented
-from service.domain.model import IdempotencyKey, NewImage
+from service.domain.model import IdempotencyKey, NewImage, Operation
 from service.entrypoints.grpc.calls import caller
 from service.entrypoints.grpc.convert import (
+    EncodedOperation,
     image_to_proto,
     longrunning_operation,
     operation_to_proto,
@@ -28,6 +28,8 @@ Context = grpc.aio.ServicerContext[object, object]
 IDEMPOTENCY_HEADER = "idempotency-key"
 # The longest one WaitOperation waits before answering with the state as it stands.
 MAX_WAIT_SECONDS = 60.0
+# How long before the client's deadline a wait gives up, to answer in time.
+DEADLINE_MARGIN_SECONDS = 0.05
 
 
 def idempotency_key(context: Context, method: str, request: Message) -> IdempotencyKey | None:
@@ -41,6 +43,19 @@ def idempotency_key(context: Context, method: str, request: Message) -> Idempote
             # Keys are the caller's own: another caller's identical key is another key.
             return IdempotencyKey(caller=caller().subject, key=text, fingerprint=digest.hexdigest())
     return None
+
+
+def wait_seconds(request: operations_pb2.WaitOperationRequest, remaining: float | None) -> float:
+    """How long a wait lasts: the request's ``timeout`` (none or negative: none at all),
+    at most ``MAX_WAIT_SECONDS``, and over before the call's deadline (``remaining``
+    seconds; ``None``: no deadline), so the answer is the state as it stands then."""
+    seconds = MAX_WAIT_SECONDS
+    if request.HasField("timeout"):
+        asked = request.timeout.seconds + request.timeout.nanos / 1e9
+        seconds = min(seconds, max(asked, 0.0))
+    if remaining is not None:
+        seconds = min(seconds, max(remaining - DEADLINE_MARGIN_SECONDS, 0.0))
+    return seconds
 
 
 class ImageService(image_service_pb2_grpc.ImageServiceServicer):
@@ -116,15 +131,16 @@ class ImageService(image_service_pb2_grpc.ImageServiceServicer):
 
 
 class OperationService(operation_service_pb2_grpc.OperationServiceServicer):
-    def __init__(self, operations: Operations) -> None:
+    def __init__(self, operations: Operations[EncodedOperation]) -> None:
         self._operations = operations
 
-    async def Get(
+    # The generated signature answers a message; this answers it encoded, which the call
+    # frame's serializer sends as it is (``calls.passing_encoded``).
+    async def Get(  # type: ignore[override]
         self, request: operation_service_pb2.GetOperationRequest, context: Context
-    ) -> operation_pb2.Operation:
+    ) -> EncodedOperation:
         _, encoded = await self._operations.get_operation_encoded(request.operation_id, caller())
-        # Already encoded: the call frame sends bytes as they are.
-        return cast(operation_pb2.Operation, encoded)
+        return encoded
 
     async def Cancel(
         self, request: operation_service_pb2.CancelOperationRequest, context: Context
@@ -138,7 +154,7 @@ class LongRunningOperations(operations_pb2_grpc.OperationsServicer):  # type: ig
     """``google.longrunning.Operations`` over the same operations, for clients that would
     rather wait for ``done`` than poll."""
 
-    def __init__(self, operations: Operations) -> None:
+    def __init__(self, operations: Operations[EncodedOperation]) -> None:
         self._operations = operations
 
     async def GetOperation(
@@ -149,15 +165,15 @@ class LongRunningOperations(operations_pb2_grpc.OperationsServicer):  # type: ig
     async def WaitOperation(
         self, request: operations_pb2.WaitOperationRequest, context: Context
     ) -> operations_pb2.Operation:
-        timeout = MAX_WAIT_SECONDS
-        if request.HasField("timeout"):
-            timeout = min(timeout, max(request.timeout.ToTimedelta().total_seconds(), 0.0))
-        remaining = context.time_remaining()
-        if remaining is not None:
-            # Answer before the client's deadline, with the state as it stands.
-            timeout = min(timeout, max(remaining - 0.05, 0.0))
-        operation = await self._operations.wait_operation(request.name, timeout, caller())
-        return longrunning_operation(operation)
+        return longrunning_operation(await self.waited(request, context))
+
+    async def waited(
+        self, request: operations_pb2.WaitOperationRequest, context: Context
+    ) -> Operation:
+        """The operation ``WaitOperation`` answers, in whichever message its transport
+        sends (REST's ``:wait`` answers it as ``OperationService.Get`` does)."""
+        seconds = wait_seconds(request, context.time_remaining())
+        return await self._operations.wait_operation(request.name, seconds, caller())
 
     async def CancelOperation(
         self, request: operations_pb2.CancelOperationRequest, context: Context

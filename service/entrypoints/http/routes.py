@@ -20,12 +20,12 @@ from google.longrunning import operations_pb2
 from google.protobuf.descriptor import ServiceDescriptor
 
 from service.bootstrap import ApiUseCases
-from service.entrypoints.grpc.calls import CallHandling, caller
-from service.entrypoints.grpc.convert import operation_to_proto
+from service.entrypoints.grpc.calls import CallHandling
+from service.entrypoints.grpc.convert import EncodedOperation, operation_to_proto
 from service.entrypoints.grpc.servicers import (
-    MAX_WAIT_SECONDS,
     Context,
     ImageService,
+    LongRunningOperations,
     OperationService,
 )
 from service.entrypoints.http import console_api
@@ -52,24 +52,21 @@ class RestMethod:
 
 
 class OperationWaiting:
-    """``WaitOperation`` over REST: the operation once it is done, or as it stands after the
-    request's ``timeout`` (at most ``MAX_WAIT_SECONDS``, as over gRPC)."""
+    """``WaitOperation`` over REST: the same servicer's wait (its timeout rule, at most
+    ``MAX_WAIT_SECONDS``), answered as ``OperationService.Get`` answers."""
 
-    def __init__(self, operations: Operations) -> None:
-        self._operations = operations
+    def __init__(self, operations: Operations[EncodedOperation]) -> None:
+        self._waiting = LongRunningOperations(operations)
 
     async def Wait(
         self, request: operations_pb2.WaitOperationRequest, context: Context
     ) -> operation_pb2.Operation:
-        timeout = MAX_WAIT_SECONDS
-        if request.HasField("timeout"):
-            seconds = request.timeout.seconds + request.timeout.nanos / 1e9
-            timeout = min(timeout, max(seconds, 0.0))
-        operation = await self._operations.wait_operation(request.name, timeout, caller())
-        return operation_to_proto(operation)
+        return operation_to_proto(await self._waiting.waited(request, context))
 
 
-def build_routes(api: ApiUseCases, calls: CallHandling, json_cache_size: int) -> Routes[RestMethod]:
+def build_routes(
+    api: ApiUseCases[EncodedOperation], calls: CallHandling, json_cache_size: int
+) -> Routes[RestMethod]:
     """The routes of the REST API and of the console's read; the JSON of up to
     ``json_cache_size`` finished operations is kept (``kept_json``)."""
     return Routes(_entries(api, calls, json_cache_size))
@@ -78,26 +75,27 @@ def build_routes(api: ApiUseCases, calls: CallHandling, json_cache_size: int) ->
 def kept_json(encode: Callable[[Any], bytes], capacity: int) -> Callable[[Any], bytes]:
     """``encode``, remembering the JSON of answers that come already encoded.
 
-    Those are finished operations, which never change: the use case keeps each as one bytes
-    object and hands out that same object on every poll, so its hash is computed once and a
-    poll's JSON costs a dictionary lookup instead of a pass of ``json_format``.
+    Those are finished operations (``EncodedOperation``), which never change: the use case
+    keeps each encoded once and hands out the same bytes on every poll, so their hash is
+    computed once and a poll's JSON costs a dictionary lookup instead of a pass of
+    ``json_format``.
     """
     kept: Lru[bytes, bytes] = Lru(capacity)
 
     def encode_kept(answer: Any) -> bytes:
-        if answer.__class__ is not bytes:
+        if not isinstance(answer, EncodedOperation):
             return encode(answer)
-        found = kept.get(answer)
+        found = kept.get(answer.wire)
         if found is None:
             found = encode(answer)
-            kept.put(answer, found)
+            kept.put(answer.wire, found)
         return found
 
     return encode_kept
 
 
 def _entries(
-    api: ApiUseCases, calls: CallHandling, json_cache_size: int
+    api: ApiUseCases[EncodedOperation], calls: CallHandling, json_cache_size: int
 ) -> Iterator[tuple[str, PathTemplate, RestMethod]]:
     services: list[tuple[ServiceDescriptor, object]] = [
         (image_service_pb2.DESCRIPTOR.services_by_name["ImageService"], ImageService(api.images)),

@@ -22,6 +22,7 @@ from google.rpc import status_pb2
 from service.bootstrap import ApiUseCases
 from service.domain.errors import Code
 from service.entrypoints.grpc.calls import CallHandling
+from service.entrypoints.grpc.convert import EncodedOperation
 from service.entrypoints.http.console_api import (
     API_PREFIX,
     CONSOLE_PATH,
@@ -52,7 +53,7 @@ _MAX_ECHOED_PATH = 200
 class RestApi:
     """Routes each request to its endpoint and writes the answer."""
 
-    def __init__(self, api: ApiUseCases, settings: Settings) -> None:
+    def __init__(self, api: ApiUseCases[EncodedOperation], settings: Settings) -> None:
         # Not metered: the gRPC server metrics count gRPC calls.
         calls = CallHandling(api.authenticator, api.limiter)
         self._routes = build_routes(api, calls, settings.operation_cache_size)
@@ -200,7 +201,7 @@ class HttpServer:
         await self._runner.cleanup()
 
 
-def make_app(api: ApiUseCases, settings: Settings) -> web.Application:
+def make_app(api: ApiUseCases[EncodedOperation], settings: Settings) -> web.Application:
     rest = RestApi(api, settings)
     # aiohttp's own limit on reading a body, above ours: ours answers first, in JSON.
     app = web.Application(
@@ -210,7 +211,7 @@ def make_app(api: ApiUseCases, settings: Settings) -> web.Application:
     return app
 
 
-async def start_http(settings: Settings, api: ApiUseCases) -> HttpServer:
+async def start_http(settings: Settings, api: ApiUseCases[EncodedOperation]) -> HttpServer:
     """Serve the REST API and the console on ``HTTP_LISTEN``; an address that cannot be
     bound ends the process with a one-line reason."""
     host, _, port = settings.http_listen.rpartition(":")

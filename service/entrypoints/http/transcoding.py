@@ -28,6 +28,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescr
 from google.protobuf.message import Message
 
 from service.domain.errors import FieldViolation, InvalidArgument
+from service.entrypoints.grpc.convert import EncodedOperation
 from service.entrypoints.http.paths import PathTemplate
 
 _HTTP_RULE: Any = annotations_pb2.http
@@ -137,10 +138,10 @@ class Binding:
             _set_path_value(message, field_path, value)
         return message
 
-    def encode(self, response: Message | bytes) -> bytes:
-        """The answer as canonical JSON (an already encoded message is decoded first)."""
-        if isinstance(response, bytes):
-            response = self.response_type.FromString(response)
+    def encode(self, response: Message | EncodedOperation) -> bytes:
+        """The answer as canonical JSON (an already encoded operation is decoded first)."""
+        if isinstance(response, EncodedOperation):
+            response = self.response_type.FromString(response.wire)
         data: Any = json_format.MessageToDict(response)
         if self.response_body:
             field = self.response_type.DESCRIPTOR.fields_by_name[self.response_body]
