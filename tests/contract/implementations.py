@@ -10,7 +10,6 @@ clock, the database has every stored moment moved back by as much.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Protocol
 
 import asyncpg
@@ -96,14 +95,15 @@ class FakeImplementation:
         self.store.advance(seconds)
 
 
-# Every stored moment of a table that the clock wrote, moved back together.
+# Every moment the clock wrote, moved back together ($1: seconds).
+_BACK = "- make_interval(secs => $1)"
 _PASS_TIME = (
-    "UPDATE operations SET created_at = created_at - $1, modified_at = modified_at - $1,"
-    " published_at = published_at - $1, lease_until = lease_until - $1,"
-    " relay_claimed_until = relay_claimed_until - $1",
-    "UPDATE images SET created_at = created_at - $1",
-    "UPDATE idempotency_keys SET created_at = created_at - $1",
-    "UPDATE api_tokens SET created_at = created_at - $1, revoked_at = revoked_at - $1",
+    f"UPDATE operations SET created_at = created_at {_BACK}, modified_at = modified_at {_BACK},"
+    f" published_at = published_at {_BACK}, lease_until = lease_until {_BACK},"
+    f" relay_claimed_until = relay_claimed_until {_BACK}",
+    f"UPDATE images SET created_at = created_at {_BACK}",
+    f"UPDATE idempotency_keys SET created_at = created_at {_BACK}",
+    f"UPDATE api_tokens SET created_at = created_at {_BACK}, revoked_at = revoked_at {_BACK}",
 )
 
 
@@ -159,7 +159,7 @@ class PostgresImplementation:
     async def pass_time(self, seconds: float) -> None:
         async with self.db.acquire() as conn, conn.transaction():
             for statement in _PASS_TIME:
-                await conn.execute(statement, timedelta(seconds=seconds))
+                await conn.execute(statement, seconds)
 
     async def forget_everything(self) -> None:
         """Every table emptied: each test starts from an empty database, as from a new fake."""
