@@ -48,6 +48,7 @@ from service.domain.model import (
     utcnow,
 )
 from service.domain.rules import ensure_deletable, ensure_updatable, ensure_within_quota
+from service.runtime import tracing
 from service.usecases.ports import (
     Accepted,
     Downloaded,
@@ -87,6 +88,7 @@ class OperationRow:
     lease_until: datetime | None = None
     published_at: datetime | None = None
     relay_claimed_until: datetime | None = None
+    trace_context: str | None = None  # the accepting call's, sent on by the relay
 
     def claim(self) -> ClaimedOperation:
         op = self.operation
@@ -310,7 +312,9 @@ class FakeStore:
             state.ensure_name_free(image.folder_id, image.name, image.id)
             state.ensure_within_quota(image.folder_id, self.max_unfinished_per_folder)
             state.images[image.id] = image
-            return self._insert_operation(state, operation, {"uri": request.uri})
+            return self._insert_operation(
+                state, operation, {"uri": request.uri}, tracing.traceparent()
+            )
 
         return await self._accept(idempotency, operation.id, insert)
 
@@ -322,8 +326,11 @@ class FakeStore:
         folders: list[str] | None = None,
     ) -> Accepted:
         self.calls["begin_update"] += 1
+        trace_context = tracing.traceparent()
         return await self._accept(
-            idempotency, operation.id, lambda state: self._begin(state, operation, change, folders)
+            idempotency,
+            operation.id,
+            lambda state: self._begin(state, operation, change, folders, trace_context),
         )
 
     async def begin_updates(self, updates: Sequence[NewUpdate]) -> list[Operation | None]:
@@ -358,7 +365,9 @@ class FakeStore:
             state.ensure_within_quota(image.folder_id, self.max_unfinished_per_folder)
             state.images[image.id] = replace(image, status=ImageStatus.DELETING)
             accepted = replace(operation, folder_id=image.folder_id)
-            return self._insert_operation(state, accepted, {"status_before": int(image.status)})
+            return self._insert_operation(
+                state, accepted, {"status_before": int(image.status)}, tracing.traceparent()
+            )
 
         return await self._accept(idempotency, operation.id, begin)
 
@@ -371,7 +380,7 @@ class FakeStore:
     ) -> Operation | None:
         state = self.state.copy()
         try:
-            accepted = self._begin(state, operation, change, folders)
+            accepted = self._begin(state, operation, change, folders, update.trace_context)
         except ServiceError:
             return None
         self._claim_key(state, update.idempotency, operation.id)
@@ -379,7 +388,12 @@ class FakeStore:
         return accepted
 
     def _begin(
-        self, state: State, operation: Operation, change: ImageChange, folders: list[str] | None
+        self,
+        state: State,
+        operation: Operation,
+        change: ImageChange,
+        folders: list[str] | None,
+        trace_context: str | None,
     ) -> Operation:
         """``READY -> UPDATING`` and the Update recorded, in the adapter's order of checks."""
         image = state.visible_image(operation.image_id, folders)
@@ -389,7 +403,7 @@ class FakeStore:
             state.ensure_name_free(image.folder_id, change.name, image.id)
         state.images[image.id] = replace(image, status=ImageStatus.UPDATING)
         accepted = replace(operation, folder_id=image.folder_id)
-        return self._insert_operation(state, accepted, change.to_json())
+        return self._insert_operation(state, accepted, change.to_json(), trace_context)
 
     async def _accept(
         self,
@@ -433,12 +447,18 @@ class FakeStore:
         return row.operation_id
 
     def _insert_operation(
-        self, state: State, operation: Operation, request: Mapping[str, Any]
+        self,
+        state: State,
+        operation: Operation,
+        request: Mapping[str, Any],
+        trace_context: str | None,
     ) -> Operation:
         """An unfinished operation, stamped with the store's clock."""
         now = self.stamp()
         stored = replace(operation, created_at=now, modified_at=now, done=False)
-        state.operations[stored.id] = OperationRow(stored, dict(request))
+        state.operations[stored.id] = OperationRow(
+            stored, dict(request), trace_context=trace_context
+        )
         return stored
 
     # --- Reads ------------------------------------------------------------------------------
@@ -610,7 +630,7 @@ class FakeStore:
             until = self.now + timedelta(seconds=claim_seconds)
             for row in rows:
                 self.state.operations[row.operation.id] = replace(row, relay_claimed_until=until)
-            return [Unpublished(row.operation.id) for row in rows]
+            return [Unpublished(row.operation.id, row.trace_context) for row in rows]
 
     async def release_claims(self, operation_ids: Sequence[str]) -> None:
         self.calls["release_claims"] += 1
