@@ -27,7 +27,9 @@ from tests.contract.requests import (
 RENAME = ImageChange(name="renamed")
 
 
-async def test_a_create_records_a_creating_image_and_an_unfinished_operation(port: Implementation):
+async def test_a_create_records_a_creating_image_and_an_unfinished_operation(
+    port: Implementation,
+) -> None:
     image, operation, request = create_request("disk")
 
     accepted = await port.accepts.insert_create(image, operation, request)
@@ -45,7 +47,7 @@ async def test_a_create_records_a_creating_image_and_an_unfinished_operation(por
     assert await port.reads.get_operations([operation.id]) == [accepted.operation]
 
 
-async def test_a_create_of_a_name_taken_in_the_folder_is_refused(port: Implementation):
+async def test_a_create_of_a_name_taken_in_the_folder_is_refused(port: Implementation) -> None:
     await port.add_image(FOLDER, name="disk")
     image, operation, request = create_request("disk")
 
@@ -54,7 +56,7 @@ async def test_a_create_of_a_name_taken_in_the_folder_is_refused(port: Implement
     assert await port.reads.get_image(image.id) is None
 
 
-async def test_a_name_taken_in_another_folder_is_free(port: Implementation):
+async def test_a_name_taken_in_another_folder_is_free(port: Implementation) -> None:
     await port.add_image(OTHER_FOLDER, name="disk")
     image, operation, request = create_request("disk")
 
@@ -63,7 +65,7 @@ async def test_a_name_taken_in_another_folder_is_free(port: Implementation):
     assert await port.reads.image_folder(image.id) == FOLDER
 
 
-async def test_an_update_moves_a_ready_image_to_updating(port: Implementation):
+async def test_an_update_moves_a_ready_image_to_updating(port: Implementation) -> None:
     image = await port.add_image(FOLDER)
 
     accepted = await port.accepts.begin_update(update_of(image.id), RENAME)
@@ -76,14 +78,14 @@ async def test_an_update_moves_a_ready_image_to_updating(port: Implementation):
     assert await port.reads.get_operations([accepted.operation.id]) == [accepted.operation]
 
 
-async def test_an_update_of_an_image_not_ready_is_refused(port: Implementation):
+async def test_an_update_of_an_image_not_ready_is_refused(port: Implementation) -> None:
     image = await port.add_image(FOLDER, status=ImageStatus.CREATING)
 
     with pytest.raises(FailedPrecondition):
         await port.accepts.begin_update(update_of(image.id), RENAME)
 
 
-async def test_a_second_update_while_one_runs_is_refused(port: Implementation):
+async def test_a_second_update_while_one_runs_is_refused(port: Implementation) -> None:
     image = await port.add_image(FOLDER)
     await port.accepts.begin_update(update_of(image.id), RENAME)
 
@@ -91,12 +93,12 @@ async def test_a_second_update_while_one_runs_is_refused(port: Implementation):
         await port.accepts.begin_update(update_of(image.id), ImageChange(description="d"))
 
 
-async def test_an_update_of_a_missing_image_is_not_found(port: Implementation):
+async def test_an_update_of_a_missing_image_is_not_found(port: Implementation) -> None:
     with pytest.raises(NotFound):
         await port.accepts.begin_update(update_of("img-missing"), RENAME)
 
 
-async def test_an_image_outside_the_callers_folders_is_not_found(port: Implementation):
+async def test_an_image_outside_the_callers_folders_is_not_found(port: Implementation) -> None:
     image = await port.add_image(FOLDER)
 
     with pytest.raises(NotFound):
@@ -108,7 +110,7 @@ async def test_an_image_outside_the_callers_folders_is_not_found(port: Implement
 
 async def test_an_update_to_a_name_taken_is_refused_and_leaves_the_image_ready(
     port: Implementation,
-):
+) -> None:
     await port.add_image(FOLDER, name="renamed")
     image = await port.add_image(FOLDER)
 
@@ -119,7 +121,7 @@ async def test_an_update_to_a_name_taken_is_refused_and_leaves_the_image_ready(
     assert stored.status is ImageStatus.READY
 
 
-async def test_an_operation_beyond_the_folders_quota_is_refused(port: Implementation):
+async def test_an_operation_beyond_the_folders_quota_is_refused(port: Implementation) -> None:
     port.limit_unfinished_per_folder(1)
     first, second = await port.add_image(FOLDER), await port.add_image(FOLDER)
     await port.accepts.begin_update(update_of(first.id), RENAME)
@@ -128,7 +130,7 @@ async def test_an_operation_beyond_the_folders_quota_is_refused(port: Implementa
         await port.accepts.begin_update(update_of(second.id), ImageChange(description="d"))
 
 
-async def test_the_quota_counts_each_folder_apart(port: Implementation):
+async def test_the_quota_counts_each_folder_apart(port: Implementation) -> None:
     port.limit_unfinished_per_folder(1)
     first, other = await port.add_image(FOLDER), await port.add_image(OTHER_FOLDER)
     await port.accepts.begin_update(update_of(first.id), RENAME)
@@ -138,7 +140,9 @@ async def test_the_quota_counts_each_folder_apart(port: Implementation):
     assert accepted.operation.folder_id == OTHER_FOLDER
 
 
-async def test_a_finished_operation_no_longer_counts_against_the_quota(port: Implementation):
+async def test_a_finished_operation_no_longer_counts_against_the_quota(
+    port: Implementation,
+) -> None:
     port.limit_unfinished_per_folder(1)
     first, second = await port.add_image(FOLDER), await port.add_image(FOLDER)
     done = await port.accepts.begin_update(update_of(first.id), RENAME)
@@ -149,7 +153,7 @@ async def test_a_finished_operation_no_longer_counts_against_the_quota(port: Imp
     assert not accepted.replayed
 
 
-async def test_a_delete_moves_a_ready_image_to_deleting(port: Implementation):
+async def test_a_delete_moves_a_ready_image_to_deleting(port: Implementation) -> None:
     image = await port.add_image(FOLDER)
 
     accepted = await port.accepts.begin_delete(delete_of(image.id))
@@ -163,7 +167,7 @@ async def test_a_delete_moves_a_ready_image_to_deleting(port: Implementation):
     )
 
 
-async def test_a_delete_of_an_image_in_error_is_accepted(port: Implementation):
+async def test_a_delete_of_an_image_in_error_is_accepted(port: Implementation) -> None:
     image = await port.add_image(FOLDER, status=ImageStatus.ERROR)
 
     await port.accepts.begin_delete(delete_of(image.id))
@@ -173,7 +177,7 @@ async def test_a_delete_of_an_image_in_error_is_accepted(port: Implementation):
     assert stored.status is ImageStatus.DELETING
 
 
-async def test_a_delete_while_an_update_runs_is_refused(port: Implementation):
+async def test_a_delete_while_an_update_runs_is_refused(port: Implementation) -> None:
     image = await port.add_image(FOLDER)
     await port.accepts.begin_update(update_of(image.id), RENAME)
 
@@ -181,14 +185,14 @@ async def test_a_delete_while_an_update_runs_is_refused(port: Implementation):
         await port.accepts.begin_delete(delete_of(image.id))
 
 
-async def test_a_delete_outside_the_callers_folders_is_not_found(port: Implementation):
+async def test_a_delete_outside_the_callers_folders_is_not_found(port: Implementation) -> None:
     image = await port.add_image(FOLDER)
 
     with pytest.raises(NotFound):
         await port.accepts.begin_delete(delete_of(image.id), folders=[OTHER_FOLDER])
 
 
-async def test_a_key_used_again_replays_the_first_operation(port: Implementation):
+async def test_a_key_used_again_replays_the_first_operation(port: Implementation) -> None:
     image = await port.add_image(FOLDER)
     first = await port.accepts.begin_update(update_of(image.id), RENAME, key("k1"))
 
@@ -197,7 +201,7 @@ async def test_a_key_used_again_replays_the_first_operation(port: Implementation
     assert again == type(first)(first.operation, replayed=True)
 
 
-async def test_a_key_used_again_for_another_request_is_refused(port: Implementation):
+async def test_a_key_used_again_for_another_request_is_refused(port: Implementation) -> None:
     image = await port.add_image(FOLDER)
     await port.accepts.begin_update(update_of(image.id), RENAME, key("k1"))
 
@@ -207,7 +211,7 @@ async def test_a_key_used_again_for_another_request_is_refused(port: Implementat
         )
 
 
-async def test_a_refused_call_does_not_keep_its_key(port: Implementation):
+async def test_a_refused_call_does_not_keep_its_key(port: Implementation) -> None:
     image = await port.add_image(FOLDER, status=ImageStatus.CREATING)
     with pytest.raises(FailedPrecondition):
         await port.accepts.begin_update(update_of(image.id), RENAME, key("k1"))
@@ -218,7 +222,7 @@ async def test_a_refused_call_does_not_keep_its_key(port: Implementation):
     assert not accepted.replayed
 
 
-async def test_a_create_under_a_key_used_again_replays_it(port: Implementation):
+async def test_a_create_under_a_key_used_again_replays_it(port: Implementation) -> None:
     image, operation, request = create_request("disk")
     first = await port.accepts.insert_create(image, operation, request, key("k1"))
     _, again_operation, _ = create_request("disk")
@@ -228,7 +232,7 @@ async def test_a_create_under_a_key_used_again_replays_it(port: Implementation):
     assert (again.operation, again.replayed) == (first.operation, True)
 
 
-async def test_a_batch_accepts_each_update_as_one_at_a_time_would(port: Implementation):
+async def test_a_batch_accepts_each_update_as_one_at_a_time_would(port: Implementation) -> None:
     ready, creating = (
         await port.add_image(FOLDER),
         await port.add_image(FOLDER, status=ImageStatus.CREATING),
@@ -248,7 +252,7 @@ async def test_a_batch_accepts_each_update_as_one_at_a_time_would(port: Implemen
     assert await port.reads.get_operations([accepted[0].id]) == [accepted[0]]
 
 
-async def test_a_batch_leaves_an_update_beyond_the_quota(port: Implementation):
+async def test_a_batch_leaves_an_update_beyond_the_quota(port: Implementation) -> None:
     port.limit_unfinished_per_folder(1)
     first, second = await port.add_image(FOLDER), await port.add_image(FOLDER)
 
@@ -262,7 +266,7 @@ async def test_a_batch_leaves_an_update_beyond_the_quota(port: Implementation):
     assert stored.status is ImageStatus.READY
 
 
-async def test_a_batch_leaves_an_update_whose_key_was_used_before(port: Implementation):
+async def test_a_batch_leaves_an_update_whose_key_was_used_before(port: Implementation) -> None:
     first, second = await port.add_image(FOLDER), await port.add_image(FOLDER)
     await port.accepts.begin_update(update_of(first.id), RENAME, key("k1"))
 
@@ -274,7 +278,9 @@ async def test_a_batch_leaves_an_update_whose_key_was_used_before(port: Implemen
     assert stored.status is ImageStatus.READY
 
 
-async def test_a_batch_takes_a_key_carried_twice_for_the_first_update_only(port: Implementation):
+async def test_a_batch_takes_a_key_carried_twice_for_the_first_update_only(
+    port: Implementation,
+) -> None:
     first, second = await port.add_image(FOLDER), await port.add_image(FOLDER)
 
     accepted = await port.accepts.begin_updates(
@@ -287,7 +293,7 @@ async def test_a_batch_takes_a_key_carried_twice_for_the_first_update_only(port:
     assert (replay.operation.id, replay.replayed) == (accepted[0].id, True)
 
 
-async def test_a_batch_frees_the_key_of_an_update_it_does_not_accept(port: Implementation):
+async def test_a_batch_frees_the_key_of_an_update_it_does_not_accept(port: Implementation) -> None:
     creating = await port.add_image(FOLDER, status=ImageStatus.CREATING)
     ready = await port.add_image(FOLDER)
     assert await port.accepts.begin_updates([new_update(creating.id, RENAME, key=key("k1"))]) == [

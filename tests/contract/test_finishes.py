@@ -51,7 +51,9 @@ async def image_of(port: Implementation, operation: Operation) -> Image | None:
 # --- claims and leases ----------------------------------------------------------------------
 
 
-async def test_a_claim_takes_an_unfinished_operation_as_its_first_attempt(port: Implementation):
+async def test_a_claim_takes_an_unfinished_operation_as_its_first_attempt(
+    port: Implementation,
+) -> None:
     operation = await accepted_delete(port)
 
     claim = await port.finishes.claim_with_lease(operation.id, LEASE)
@@ -66,7 +68,7 @@ async def test_a_claim_takes_an_unfinished_operation_as_its_first_attempt(port: 
     )
 
 
-async def test_a_claim_carries_what_an_update_asked(port: Implementation):
+async def test_a_claim_carries_what_an_update_asked(port: Implementation) -> None:
     operation = await accepted_update(port, ImageChange(name="n", labels={"a": "b"}))
 
     claim = await claimed(port, operation)
@@ -74,14 +76,14 @@ async def test_a_claim_carries_what_an_update_asked(port: Implementation):
     assert ImageChange.from_json(claim.request) == ImageChange(name="n", labels={"a": "b"})
 
 
-async def test_an_operation_under_a_running_lease_is_not_claimed(port: Implementation):
+async def test_an_operation_under_a_running_lease_is_not_claimed(port: Implementation) -> None:
     operation = await accepted_delete(port)
     await claimed(port, operation)
 
     assert await port.finishes.claim_with_lease(operation.id, LEASE) is None
 
 
-async def test_an_operation_whose_lease_ran_out_is_claimed_again(port: Implementation):
+async def test_an_operation_whose_lease_ran_out_is_claimed_again(port: Implementation) -> None:
     operation = await accepted_delete(port)
     await claimed(port, operation)
     await port.pass_time(LEASE + 1)
@@ -92,18 +94,18 @@ async def test_an_operation_whose_lease_ran_out_is_claimed_again(port: Implement
     assert claim.attempt == 2
 
 
-async def test_a_finished_operation_is_not_claimed(port: Implementation):
+async def test_a_finished_operation_is_not_claimed(port: Implementation) -> None:
     operation = await accepted_update(port)
     assert await port.finishes.apply_updates([operation.id]) == [True]
 
     assert await port.finishes.claim_with_lease(operation.id, LEASE) is None
 
 
-async def test_a_missing_operation_is_not_claimed(port: Implementation):
+async def test_a_missing_operation_is_not_claimed(port: Implementation) -> None:
     assert await port.finishes.claim_with_lease("opn-missing", LEASE) is None
 
 
-async def test_an_extended_lease_outlives_the_first(port: Implementation):
+async def test_an_extended_lease_outlives_the_first(port: Implementation) -> None:
     operation = await accepted_delete(port)
     claim = await claimed(port, operation)
     await port.pass_time(LEASE - 1)
@@ -113,7 +115,7 @@ async def test_an_extended_lease_outlives_the_first(port: Implementation):
     assert await port.finishes.claim_with_lease(operation.id, LEASE) is None
 
 
-async def test_a_lease_claimed_again_by_another_is_not_extended(port: Implementation):
+async def test_a_lease_claimed_again_by_another_is_not_extended(port: Implementation) -> None:
     operation = await accepted_delete(port)
     first = await claimed(port, operation)
     await port.pass_time(LEASE + 1)
@@ -122,7 +124,7 @@ async def test_a_lease_claimed_again_by_another_is_not_extended(port: Implementa
     assert not await port.finishes.extend_lease(first, LEASE)
 
 
-async def test_the_lease_of_a_finished_operation_is_not_extended(port: Implementation):
+async def test_the_lease_of_a_finished_operation_is_not_extended(port: Implementation) -> None:
     operation = await accepted_delete(port)
     claim = await claimed(port, operation)
     async with port.finishes.transaction() as tx:
@@ -131,7 +133,7 @@ async def test_the_lease_of_a_finished_operation_is_not_extended(port: Implement
     assert not await port.finishes.extend_lease(claim, LEASE)
 
 
-async def test_a_released_operation_is_claimed_again_at_once(port: Implementation):
+async def test_a_released_operation_is_claimed_again_at_once(port: Implementation) -> None:
     operation = await accepted_delete(port)
     claim = await claimed(port, operation)
 
@@ -142,7 +144,7 @@ async def test_a_released_operation_is_claimed_again_at_once(port: Implementatio
     assert again.attempt == 2
 
 
-async def test_releasing_an_old_claim_leaves_the_new_one_held(port: Implementation):
+async def test_releasing_an_old_claim_leaves_the_new_one_held(port: Implementation) -> None:
     operation = await accepted_delete(port)
     first = await claimed(port, operation)
     await port.pass_time(LEASE + 1)
@@ -156,7 +158,9 @@ async def test_releasing_an_old_claim_leaves_the_new_one_held(port: Implementati
 # --- the one-step Update --------------------------------------------------------------------
 
 
-async def test_applied_updates_change_the_image_and_finish_the_operation(port: Implementation):
+async def test_applied_updates_change_the_image_and_finish_the_operation(
+    port: Implementation,
+) -> None:
     change = ImageChange(name="n", description="d", labels={"k": "v"})
     operation = await accepted_update(port, change)
 
@@ -174,7 +178,7 @@ async def test_applied_updates_change_the_image_and_finish_the_operation(port: I
     assert (done.done, done.response, done.error) == (True, image, None)
 
 
-async def test_applying_leaves_what_is_not_an_unfinished_update(port: Implementation):
+async def test_applying_leaves_what_is_not_an_unfinished_update(port: Implementation) -> None:
     delete = await accepted_delete(port)
     update = await accepted_update(port, ImageChange(description="d"))
     finished = await accepted_update(port, ImageChange(description="e"))
@@ -185,7 +189,7 @@ async def test_applying_leaves_what_is_not_an_unfinished_update(port: Implementa
     assert applied == [False, False, False, True]
 
 
-async def test_applying_leaves_an_update_whose_image_is_not_updating(port: Implementation):
+async def test_applying_leaves_an_update_whose_image_is_not_updating(port: Implementation) -> None:
     operation = await accepted_update(port)
     async with port.finishes.transaction() as tx:
         await tx.set_image_status(operation.image_id, ImageStatus.READY)
@@ -194,7 +198,7 @@ async def test_applying_leaves_an_update_whose_image_is_not_updating(port: Imple
     assert not (await read(port, operation)).done
 
 
-async def test_applying_leaves_every_update_when_a_new_name_is_taken(port: Implementation):
+async def test_applying_leaves_every_update_when_a_new_name_is_taken(port: Implementation) -> None:
     free = await accepted_update(port, ImageChange(name="free"))
     clash = await accepted_update(port, ImageChange(name="taken-meanwhile"))
     await port.add_image(FOLDER, name="taken-meanwhile")
@@ -221,7 +225,7 @@ def replace_name(image: Image, name: str) -> Image:
 # --- the finishing transaction --------------------------------------------------------------
 
 
-async def test_a_transaction_locks_an_unfinished_operation_as_claimed(port: Implementation):
+async def test_a_transaction_locks_an_unfinished_operation_as_claimed(port: Implementation) -> None:
     operation = await accepted_delete(port)
     claim = await claimed(port, operation)
 
@@ -230,7 +234,7 @@ async def test_a_transaction_locks_an_unfinished_operation_as_claimed(port: Impl
         assert await tx.lock_operation(operation.id, claim.attempt) == claim
 
 
-async def test_a_transaction_does_not_lock_an_operation_claimed_again(port: Implementation):
+async def test_a_transaction_does_not_lock_an_operation_claimed_again(port: Implementation) -> None:
     operation = await accepted_delete(port)
     first = await claimed(port, operation)
     await port.pass_time(LEASE + 1)
@@ -240,7 +244,7 @@ async def test_a_transaction_does_not_lock_an_operation_claimed_again(port: Impl
         assert await tx.lock_operation(operation.id, first.attempt) is None
 
 
-async def test_a_transaction_does_not_lock_a_finished_operation(port: Implementation):
+async def test_a_transaction_does_not_lock_a_finished_operation(port: Implementation) -> None:
     operation = await accepted_update(port)
     await port.finishes.apply_updates([operation.id])
 
@@ -250,7 +254,7 @@ async def test_a_transaction_does_not_lock_a_finished_operation(port: Implementa
 
 async def test_a_committed_transaction_saves_the_image_and_finishes_the_operation(
     port: Implementation,
-):
+) -> None:
     image, operation, request = create_request("disk")
     await port.accepts.insert_create(image, operation, request)
 
@@ -275,7 +279,7 @@ async def test_a_committed_transaction_saves_the_image_and_finishes_the_operatio
     assert (done.done, done.response, done.error) == (True, ready, None)
 
 
-async def test_a_transaction_ended_by_an_error_changes_nothing(port: Implementation):
+async def test_a_transaction_ended_by_an_error_changes_nothing(port: Implementation) -> None:
     operation = await accepted_update(port)
 
     async def cancel_then_die() -> None:
@@ -293,7 +297,7 @@ async def test_a_transaction_ended_by_an_error_changes_nothing(port: Implementat
     assert not (await read(port, operation)).done
 
 
-async def test_an_operation_finishes_with_its_error(port: Implementation):
+async def test_an_operation_finishes_with_its_error(port: Implementation) -> None:
     operation = await accepted_update(port)
 
     async with port.finishes.transaction() as tx:
@@ -307,7 +311,7 @@ async def test_an_operation_finishes_with_its_error(port: Implementation):
     )
 
 
-async def test_a_finished_operation_is_not_finished_again(port: Implementation):
+async def test_a_finished_operation_is_not_finished_again(port: Implementation) -> None:
     operation = await accepted_update(port)
     async with port.finishes.transaction() as tx:
         await tx.finish(operation.id, error=OperationError(Code.CANCELLED, "cancelled"))
@@ -319,7 +323,7 @@ async def test_a_finished_operation_is_not_finished_again(port: Implementation):
     assert error == OperationError(Code.CANCELLED, "cancelled")
 
 
-async def test_finishing_with_both_a_response_and_an_error_is_refused(port: Implementation):
+async def test_finishing_with_both_a_response_and_an_error_is_refused(port: Implementation) -> None:
     operation = await accepted_update(port)
     image = await image_of(port, operation)
     assert image is not None
@@ -331,7 +335,9 @@ async def test_finishing_with_both_a_response_and_an_error_is_refused(port: Impl
             )
 
 
-async def test_a_finished_delete_removes_its_image_and_has_no_response(port: Implementation):
+async def test_a_finished_delete_removes_its_image_and_has_no_response(
+    port: Implementation,
+) -> None:
     operation = await accepted_delete(port)
 
     async with port.finishes.transaction() as tx:
@@ -343,7 +349,9 @@ async def test_a_finished_delete_removes_its_image_and_has_no_response(port: Imp
     assert (done.done, done.response, done.error) == (True, None, None)
 
 
-async def test_saving_a_name_taken_is_refused_and_the_transaction_goes_on(port: Implementation):
+async def test_saving_a_name_taken_is_refused_and_the_transaction_goes_on(
+    port: Implementation,
+) -> None:
     await port.add_image(FOLDER, name="taken")
     operation = await accepted_update(port, ImageChange(name="taken-later"))
 

@@ -26,21 +26,21 @@ async def unpublished(port: Implementation, limit: int = 100) -> list[str]:
     return [u.operation_id for u in await port.outbox.claim_unpublished(GRACE, limit, CLAIM)]
 
 
-async def test_operations_never_published_are_claimed_oldest_first(port: Implementation):
+async def test_operations_never_published_are_claimed_oldest_first(port: Implementation) -> None:
     operations = await accepted(port, 3)
     await port.pass_time(GRACE + 1)
 
     assert await unpublished(port) == [op.id for op in operations]
 
 
-async def test_an_operation_within_the_grace_is_not_claimed(port: Implementation):
+async def test_an_operation_within_the_grace_is_not_claimed(port: Implementation) -> None:
     await accepted(port)
     await port.pass_time(GRACE - 1)
 
     assert await unpublished(port) == []
 
 
-async def test_a_claim_takes_at_most_its_limit(port: Implementation):
+async def test_a_claim_takes_at_most_its_limit(port: Implementation) -> None:
     operations = await accepted(port, 3)
     await port.pass_time(GRACE + 1)
 
@@ -49,7 +49,7 @@ async def test_a_claim_takes_at_most_its_limit(port: Implementation):
 
 async def test_a_claimed_operation_is_not_claimed_again_while_the_claim_runs(
     port: Implementation,
-):
+) -> None:
     await accepted(port)
     await port.pass_time(GRACE + 1)
     await unpublished(port)
@@ -58,7 +58,9 @@ async def test_a_claimed_operation_is_not_claimed_again_while_the_claim_runs(
     assert await unpublished(port) == []
 
 
-async def test_a_claimed_operation_is_claimed_again_once_the_claim_ran_out(port: Implementation):
+async def test_a_claimed_operation_is_claimed_again_once_the_claim_ran_out(
+    port: Implementation,
+) -> None:
     [operation] = await accepted(port)
     await port.pass_time(GRACE + 1)
     await unpublished(port)
@@ -67,7 +69,7 @@ async def test_a_claimed_operation_is_claimed_again_once_the_claim_ran_out(port:
     assert await unpublished(port) == [operation.id]
 
 
-async def test_a_released_claim_is_claimed_again_at_once(port: Implementation):
+async def test_a_released_claim_is_claimed_again_at_once(port: Implementation) -> None:
     [operation] = await accepted(port)
     await port.pass_time(GRACE + 1)
     await unpublished(port)
@@ -77,7 +79,7 @@ async def test_a_released_claim_is_claimed_again_at_once(port: Implementation):
     assert await unpublished(port) == [operation.id]
 
 
-async def test_a_published_operation_is_not_claimed(port: Implementation):
+async def test_a_published_operation_is_not_claimed(port: Implementation) -> None:
     published, unmarked = await accepted(port, 2)
     await port.outbox.mark_published([published.id])
     await port.pass_time(GRACE + 1)
@@ -85,7 +87,7 @@ async def test_a_published_operation_is_not_claimed(port: Implementation):
     assert await unpublished(port) == [unmarked.id]
 
 
-async def test_a_finished_operation_is_not_claimed(port: Implementation):
+async def test_a_finished_operation_is_not_claimed(port: Implementation) -> None:
     image = await port.add_image(FOLDER)
     update = await port.accepts.begin_update(update_of(image.id), ImageChange(description="d"))
     await port.finishes.apply_updates([update.operation.id])
@@ -94,7 +96,9 @@ async def test_a_finished_operation_is_not_claimed(port: Implementation):
     assert await unpublished(port) == []
 
 
-async def test_a_claim_carries_the_trace_the_operation_was_accepted_in(port: Implementation):
+async def test_a_claim_carries_the_trace_the_operation_was_accepted_in(
+    port: Implementation,
+) -> None:
     image = await port.add_image(FOLDER)
     update = NewUpdate(update_of(image.id), ImageChange(description="d"), None, TRACEPARENT)
     [operation] = await port.accepts.begin_updates([update])
@@ -106,7 +110,7 @@ async def test_a_claim_carries_the_trace_the_operation_was_accepted_in(port: Imp
     assert claimed == [Unpublished(operation.id, TRACEPARENT)]
 
 
-async def test_an_operation_whose_lease_ran_out_is_requeued(port: Implementation):
+async def test_an_operation_whose_lease_ran_out_is_requeued(port: Implementation) -> None:
     [operation] = await accepted(port)
     await port.outbox.mark_published([operation.id])
     await port.finishes.claim_with_lease(operation.id, LEASE)
@@ -117,7 +121,7 @@ async def test_an_operation_whose_lease_ran_out_is_requeued(port: Implementation
     assert await port.finishes.claim_with_lease(operation.id, LEASE) is not None
 
 
-async def test_a_running_lease_is_not_requeued(port: Implementation):
+async def test_a_running_lease_is_not_requeued(port: Implementation) -> None:
     [operation] = await accepted(port)
     await port.outbox.mark_published([operation.id])
     await port.finishes.claim_with_lease(operation.id, LEASE)
@@ -126,7 +130,7 @@ async def test_a_running_lease_is_not_requeued(port: Implementation):
     assert await port.outbox.requeue_expired_leases() == []
 
 
-async def test_a_released_lease_is_not_requeued(port: Implementation):
+async def test_a_released_lease_is_not_requeued(port: Implementation) -> None:
     [operation] = await accepted(port)
     claim = await port.finishes.claim_with_lease(operation.id, LEASE)
     assert claim is not None
@@ -138,7 +142,7 @@ async def test_a_released_lease_is_not_requeued(port: Implementation):
 
 async def test_published_operations_never_claimed_are_requeued_but_the_newest_kept(
     port: Implementation,
-):
+) -> None:
     operations = await accepted(port, 4)
     for operation in operations:
         await port.outbox.mark_published([operation.id])
@@ -150,7 +154,7 @@ async def test_published_operations_never_claimed_are_requeued_but_the_newest_ke
     assert await unpublished(port) == [op.id for op in operations[:3]]
 
 
-async def test_operations_published_lately_are_not_requeued(port: Implementation):
+async def test_operations_published_lately_are_not_requeued(port: Implementation) -> None:
     [operation] = await accepted(port)
     await port.outbox.mark_published([operation.id])
     await port.pass_time(20)
@@ -158,7 +162,9 @@ async def test_operations_published_lately_are_not_requeued(port: Implementation
     assert await port.outbox.requeue_unclaimed(30, keep=0) == []
 
 
-async def test_an_operation_a_worker_holds_is_not_requeued_as_unclaimed(port: Implementation):
+async def test_an_operation_a_worker_holds_is_not_requeued_as_unclaimed(
+    port: Implementation,
+) -> None:
     [operation] = await accepted(port)
     await port.outbox.mark_published([operation.id])
     await port.finishes.claim_with_lease(operation.id, 3600)

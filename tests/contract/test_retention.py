@@ -16,7 +16,7 @@ async def finished_update(port: Implementation) -> Operation:
     return accepted.operation
 
 
-async def test_finished_operations_older_than_the_age_are_removed(port: Implementation):
+async def test_finished_operations_older_than_the_age_are_removed(port: Implementation) -> None:
     operation = await finished_update(port)
     await port.pass_time(DAY + 1)
 
@@ -24,7 +24,7 @@ async def test_finished_operations_older_than_the_age_are_removed(port: Implemen
     assert await port.reads.get_operations([operation.id]) == [None]
 
 
-async def test_finished_operations_younger_than_the_age_are_kept(port: Implementation):
+async def test_finished_operations_younger_than_the_age_are_kept(port: Implementation) -> None:
     operation = await finished_update(port)
     await port.pass_time(DAY - 1)
 
@@ -32,7 +32,7 @@ async def test_finished_operations_younger_than_the_age_are_kept(port: Implement
     assert await port.reads.get_operations([operation.id]) != [None]
 
 
-async def test_unfinished_operations_are_kept_however_old(port: Implementation):
+async def test_unfinished_operations_are_kept_however_old(port: Implementation) -> None:
     image = await port.add_image(FOLDER)
     operation = (await port.accepts.begin_delete(delete_of(image.id))).operation
     await port.pass_time(DAY + 1)
@@ -41,7 +41,7 @@ async def test_unfinished_operations_are_kept_however_old(port: Implementation):
     assert await port.reads.get_operations([operation.id]) != [None]
 
 
-async def test_a_removal_takes_at_most_one_batch(port: Implementation):
+async def test_a_removal_takes_at_most_one_batch(port: Implementation) -> None:
     for _ in range(3):
         await finished_update(port)
     await port.pass_time(DAY + 1)
@@ -50,7 +50,7 @@ async def test_a_removal_takes_at_most_one_batch(port: Implementation):
     assert await port.retention.delete_finished_operations(DAY, 2) == 1
 
 
-async def test_an_expired_key_is_removed_and_starts_a_new_operation(port: Implementation):
+async def test_an_expired_key_is_removed_and_starts_a_new_operation(port: Implementation) -> None:
     image = await port.add_image(FOLDER)
     first = await port.accepts.begin_delete(delete_of(image.id), key("k1"))
     await port.pass_time(DAY + 1)
@@ -61,7 +61,7 @@ async def test_an_expired_key_is_removed_and_starts_a_new_operation(port: Implem
     assert (again.replayed, again.operation.id != first.operation.id) == (False, True)
 
 
-async def test_a_key_younger_than_the_age_is_kept(port: Implementation):
+async def test_a_key_younger_than_the_age_is_kept(port: Implementation) -> None:
     image = await port.add_image(FOLDER)
     await port.accepts.begin_delete(delete_of(image.id), key("k1"))
     await port.pass_time(DAY - 1)

@@ -6,7 +6,7 @@ from tests.contract.implementations import Implementation
 from tests.contract.requests import OTHER_FOLDER, stored_token
 
 
-async def test_a_stored_token_is_found_as_stored(port: Implementation):
+async def test_a_stored_token_is_found_as_stored(port: Implementation) -> None:
     token = stored_token("*", OTHER_FOLDER)
 
     await port.tokens.insert_token(token)
@@ -14,7 +14,7 @@ async def test_a_stored_token_is_found_as_stored(port: Implementation):
     assert await port.tokens.find_token(token.id) == token
 
 
-async def test_a_token_without_expiry_is_found_as_stored(port: Implementation):
+async def test_a_token_without_expiry_is_found_as_stored(port: Implementation) -> None:
     token = stored_token(expires_in_days=None)
 
     await port.tokens.insert_token(token)
@@ -22,11 +22,11 @@ async def test_a_token_without_expiry_is_found_as_stored(port: Implementation):
     assert await port.tokens.find_token(token.id) == token
 
 
-async def test_an_unknown_token_is_not_found(port: Implementation):
+async def test_an_unknown_token_is_not_found(port: Implementation) -> None:
     assert await port.tokens.find_token("tok-missing") is None
 
 
-async def test_a_revoked_token_is_found_revoked(port: Implementation):
+async def test_a_revoked_token_is_found_revoked(port: Implementation) -> None:
     token = stored_token()
     await port.tokens.insert_token(token)
 
@@ -37,7 +37,7 @@ async def test_a_revoked_token_is_found_revoked(port: Implementation):
     assert found.revoked_at is not None
 
 
-async def test_a_token_is_revoked_once(port: Implementation):
+async def test_a_token_is_revoked_once(port: Implementation) -> None:
     token = stored_token()
     await port.tokens.insert_token(token)
     await port.tokens.revoke_token(token.id)
@@ -45,5 +45,5 @@ async def test_a_token_is_revoked_once(port: Implementation):
     assert not await port.tokens.revoke_token(token.id)
 
 
-async def test_an_unknown_token_is_not_revoked(port: Implementation):
+async def test_an_unknown_token_is_not_revoked(port: Implementation) -> None:
     assert not await port.tokens.revoke_token("tok-missing")

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.domain import ids
 from service.domain.auth import Principal, Role, StoredToken
@@ -51,10 +51,21 @@ from service.domain.rules import ensure_deletable, ensure_updatable, ensure_with
 from service.runtime import tracing
 from service.usecases.ports import (
     Accepted,
+    Accepts,
     Downloaded,
+    Downloader,
+    Finishes,
+    MessageQueue,
     NewUpdate,
+    OperationTransaction,
+    Outbox,
+    Pingable,
+    Publisher,
     QueueDepth,
+    Reads,
     RecentOperation,
+    Retention,
+    Tokens,
     Unpublished,
 )
 
@@ -891,3 +902,20 @@ async def until(condition: Callable[[], bool], timeout: float = 2.0, what: str =
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0)
+
+
+if TYPE_CHECKING:
+    # Each fake is the port it stands for (mypy checks this module): a signature that drifts
+    # from its Protocol fails the type check, not a use case's test at run time.
+    _store = FakeStore()
+    _accepts: Accepts = _store
+    _reads: Reads = _store
+    _finishes: Finishes = _store
+    _outbox: Outbox = _store
+    _retention: Retention = _store
+    _tokens: Tokens = _store
+    _transaction: OperationTransaction = FakeTransaction(_store, State())
+    _publisher: Publisher = FakePublisher()
+    _queue: MessageQueue = FakeQueue()
+    _downloader: Downloader = FakeDownloader()
+    _database: Pingable = FakeDatabase()
