@@ -322,7 +322,8 @@ class FakeStore:
         def insert(state: State) -> Operation:
             state.ensure_name_free(image.folder_id, image.name, image.id)
             state.ensure_within_quota(image.folder_id, self.max_unfinished_per_folder)
-            state.images[image.id] = image
+            # Stamped on acceptance, by the store's clock (the column's default, ``now()``).
+            state.images[image.id] = replace(image, created_at=self.stamp())
             return self._insert_operation(
                 state, operation, {"uri": request.uri}, tracing.traceparent()
             )
@@ -729,7 +730,7 @@ class FakeStore:
         token = self.tokens.get(token_id)
         if token is None or token.revoked_at is not None:
             return False
-        self.tokens[token_id] = replace(token, revoked_at=utcnow())
+        self.tokens[token_id] = replace(token, revoked_at=self.stamp())
         return True
 
     async def find_token(self, token_id: str) -> StoredToken | None:
