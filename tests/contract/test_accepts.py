@@ -11,7 +11,9 @@ from service.domain.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unavailable,
 )
+from service.domain.listing import ImageQuery, Ordering
 from service.domain.model import ImageChange, ImageStatus, OperationKind
 from tests.contract.implementations import Implementation
 from tests.contract.requests import (
@@ -303,3 +305,36 @@ async def test_a_batch_frees_the_key_of_an_update_it_does_not_accept(port: Imple
     accepted = await port.accepts.begin_update(update_of(ready.id), RENAME, key("k1"))
 
     assert not accepted.replayed
+
+
+async def test_a_batch_leaves_an_update_outside_the_callers_folders(port: Implementation) -> None:
+    image = await port.add_image(FOLDER)
+
+    accepted = await port.accepts.begin_updates(
+        [new_update(image.id, RENAME, folders=[OTHER_FOLDER])]
+    )
+
+    assert accepted == [None]
+
+
+async def test_a_key_whose_operation_was_removed_asks_for_a_retry(port: Implementation) -> None:
+    image = await port.add_image(FOLDER)
+    first = await port.accepts.begin_update(update_of(image.id), RENAME, key("k1"))
+    await port.finishes.apply_updates([first.operation.id])
+    await port.pass_time(3600)
+    await port.retention.delete_finished_operations(60, 10)
+
+    with pytest.raises(Unavailable):
+        await port.accepts.begin_update(update_of(image.id), RENAME, key("k1"))
+
+
+async def test_a_created_image_is_stamped_by_the_stores_clock(port: Implementation) -> None:
+    earlier = await port.add_image(FOLDER, name="earlier")
+    await port.pass_time(60)
+    later = await port.add_image(FOLDER, name="later")
+    image, operation, request = create_request("created-last")
+
+    await port.accepts.insert_create(image, operation, request)
+
+    listed = await port.reads.list_images(ImageQuery(FOLDER, [], Ordering("createdAt")), 10)
+    assert [i.name for i in listed] == [earlier.name, later.name, "created-last"]
