@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.domain import ids
 from service.domain.auth import Principal, Role, StoredToken
@@ -49,12 +49,24 @@ from service.domain.model import (
     utcnow,
 )
 from service.domain.rules import ensure_deletable, ensure_updatable, ensure_within_quota
+from service.runtime import tracing
 from service.usecases.ports import (
     Accepted,
+    Accepts,
     Downloaded,
+    Downloader,
+    Finishes,
+    MessageQueue,
     NewUpdate,
+    OperationTransaction,
+    Outbox,
+    Pingable,
+    Publisher,
     QueueDepth,
+    Reads,
     RecentOperation,
+    Retention,
+    Tokens,
     Unpublished,
 )
 
@@ -89,6 +101,7 @@ class OperationRow:
     published_at: datetime | None = None
     relay_claimed_until: datetime | None = None
     dead_lettered_at: datetime | None = None  # ended because its message was dead-lettered
+    trace_context: str | None = None  # the accepting call's, sent on by the relay
 
     def claim(self) -> ClaimedOperation:
         op = self.operation
@@ -317,8 +330,11 @@ class FakeStore:
         def insert(state: State) -> Operation:
             state.ensure_name_free(image.folder_id, image.name, image.id)
             state.ensure_within_quota(image.folder_id, self.max_unfinished_per_folder)
-            state.images[image.id] = image
-            return self._insert_operation(state, operation, image.folder_id, {"uri": request.uri})
+            # Stamped on acceptance, by the store's clock (the column's default, ``now()``).
+            state.images[image.id] = replace(image, created_at=self.stamp())
+            return self._insert_operation(
+                state, operation, image.folder_id, {"uri": request.uri}, tracing.traceparent()
+            )
 
         return await self._accept(idempotency, operation.id, insert)
 
@@ -330,8 +346,11 @@ class FakeStore:
         folders: list[str] | None = None,
     ) -> Accepted:
         self.calls["begin_update"] += 1
+        trace_context = tracing.traceparent()
         return await self._accept(
-            idempotency, operation.id, lambda state: self._begin(state, operation, change, folders)
+            idempotency,
+            operation.id,
+            lambda state: self._begin(state, operation, change, folders, trace_context),
         )
 
     async def begin_updates(self, updates: Sequence[NewUpdate]) -> list[Operation | None]:
@@ -366,7 +385,9 @@ class FakeStore:
             state.ensure_within_quota(image.folder_id, self.max_unfinished_per_folder)
             state.images[image.id] = replace(image, status=ImageStatus.DELETING)
             before = {"status_before": int(image.status)}
-            return self._insert_operation(state, operation, image.folder_id, before)
+            return self._insert_operation(
+                state, operation, image.folder_id, before, tracing.traceparent()
+            )
 
         return await self._accept(idempotency, operation.id, begin)
 
@@ -379,7 +400,7 @@ class FakeStore:
     ) -> Operation | None:
         state = self.state.copy()
         try:
-            accepted = self._begin(state, operation, change, folders)
+            accepted = self._begin(state, operation, change, folders, update.trace_context)
         except ServiceError:
             return None
         self._claim_key(state, update.idempotency, operation.id)
@@ -387,7 +408,12 @@ class FakeStore:
         return accepted
 
     def _begin(
-        self, state: State, operation: NewOperation, change: ImageChange, folders: list[str] | None
+        self,
+        state: State,
+        operation: NewOperation,
+        change: ImageChange,
+        folders: list[str] | None,
+        trace_context: str | None,
     ) -> Operation:
         """``READY -> UPDATING`` and the Update recorded, in the adapter's order of checks."""
         image = state.visible_image(operation.image_id, folders)
@@ -396,7 +422,9 @@ class FakeStore:
         if change.name is not None:
             state.ensure_name_free(image.folder_id, change.name, image.id)
         state.images[image.id] = replace(image, status=ImageStatus.UPDATING)
-        return self._insert_operation(state, operation, image.folder_id, change.to_json())
+        return self._insert_operation(
+            state, operation, image.folder_id, change.to_json(), trace_context
+        )
 
     async def _accept(
         self,
@@ -440,11 +468,18 @@ class FakeStore:
         return row.operation_id
 
     def _insert_operation(
-        self, state: State, operation: NewOperation, folder_id: str, request: Mapping[str, Any]
+        self,
+        state: State,
+        operation: NewOperation,
+        folder_id: str,
+        request: Mapping[str, Any],
+        trace_context: str | None,
     ) -> Operation:
         """An unfinished operation in ``folder_id``, stamped with the store's clock."""
         stored = operation.accepted(folder_id, self.stamp())
-        state.operations[stored.id] = OperationRow(stored, dict(request))
+        state.operations[stored.id] = OperationRow(
+            stored, dict(request), trace_context=trace_context
+        )
         return stored
 
     # --- Reads ------------------------------------------------------------------------------
@@ -616,7 +651,7 @@ class FakeStore:
             until = self.now + timedelta(seconds=claim_seconds)
             for row in rows:
                 self.state.operations[row.operation.id] = replace(row, relay_claimed_until=until)
-            return [Unpublished(row.operation.id) for row in rows]
+            return [Unpublished(row.operation.id, row.trace_context) for row in rows]
 
     async def release_claims(self, operation_ids: Sequence[str]) -> None:
         self.calls["release_claims"] += 1
@@ -704,7 +739,7 @@ class FakeStore:
         token = self.tokens.get(token_id)
         if token is None or token.revoked_at is not None:
             return False
-        self.tokens[token_id] = replace(token, revoked_at=utcnow())
+        self.tokens[token_id] = replace(token, revoked_at=self.stamp())
         return True
 
     async def find_token(self, token_id: str) -> StoredToken | None:
@@ -880,3 +915,20 @@ async def until(condition: Callable[[], bool], timeout: float = 2.0, what: str =
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0)
+
+
+if TYPE_CHECKING:
+    # Each fake is the port it stands for (mypy checks this module): a signature that drifts
+    # from its Protocol fails the type check, not a use case's test at run time.
+    _store = FakeStore()
+    _accepts: Accepts = _store
+    _reads: Reads = _store
+    _finishes: Finishes = _store
+    _outbox: Outbox = _store
+    _retention: Retention = _store
+    _tokens: Tokens = _store
+    _transaction: OperationTransaction = FakeTransaction(_store, State())
+    _publisher: Publisher = FakePublisher()
+    _queue: MessageQueue = FakeQueue()
+    _downloader: Downloader = FakeDownloader()
+    _database: Pingable = FakeDatabase()
