@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from service.adapters.download import HttpDownloader
 from service.adapters.postgres import Postgres
+from service.adapters.postgres.accept import PostgresAccepts
 from service.adapters.postgres.gauges import DatabaseGauges
 from service.adapters.postgres.listener import DoneListener
 from service.adapters.postgres.schema import PostgresSchema, connect_database
@@ -127,8 +128,10 @@ def build_api(infra: Infrastructure, encode: Encode) -> ApiUseCases:
     marks = PublishedMarks(postgres.outbox)
     infra.supervisor.start("published-marks", marks.run)
     waiters = OperationWaiters()
+    # The per-folder quota is the API's setting: the workers accept nothing.
+    accepts = PostgresAccepts(postgres.db, settings.max_unfinished_operations_per_folder)
     images = Images(
-        postgres.accepts,
+        accepts,
         postgres.reads,
         infra.broker,
         marks,

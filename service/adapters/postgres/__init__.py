@@ -55,7 +55,7 @@ class Postgres:
                     command_timeout=settings.db_command_timeout_seconds,
                     generic_plans=generic_plans,
                 )
-                return cls.over(db, settings.max_unfinished_operations_per_folder)
+                return cls.over(db)
         raise AssertionError("retrying returned without a result or an error")
 
     async def close(self) -> None:
