@@ -107,7 +107,9 @@ def _function(module: str, node: ast.AST, aliases: dict[str, str]) -> _Function:
             meaning = aliases.get(owner, "") if isinstance(inner.value, ast.Name) else ""
             # super().__init__ and the like: a base class's, not every class's.
             if meaning != "-" and not inner.attr.startswith("__"):
-                function.refers_to.add(meaning + inner.attr if meaning else inner.attr)
+                function.refers_to.add(
+                    meaning + inner.attr if meaning.endswith(":") else inner.attr
+                )
         elif isinstance(inner, ast.Name):
             meaning = aliases.get(inner.id, inner.id)
             if meaning != "-" and not meaning.endswith(":"):
