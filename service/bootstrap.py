@@ -16,7 +16,7 @@ from service.adapters.postgres import Postgres
 from service.adapters.postgres.accept import PostgresAccepts
 from service.adapters.postgres.gauges import DatabaseGauges
 from service.adapters.postgres.listener import DoneListener
-from service.adapters.postgres.schema import PostgresSchema, connect_database
+from service.adapters.postgres.schema import connect_database, with_current_schema
 from service.adapters.rabbitmq import Broker
 from service.domain.network import NetworkPolicy, parse_networks
 from service.runtime.exposition import MetricsServer, start_metrics_server
@@ -31,7 +31,6 @@ from service.usecases.images import Images
 from service.usecases.operations import Encode, Operations
 from service.usecases.outbox import PublishedMarks
 from service.usecases.recent import RecentOperations
-from service.usecases.schema import ensure_schema_current
 
 # How long the workers wait for the broker at start-up before they go on (the database's
 # wait is STARTUP_TIMEOUT_SECONDS).
@@ -71,24 +70,16 @@ async def start_infrastructure(
     ``None`` once ``stop`` is set before that is done (a SIGTERM during start-up): whatever
     was started is closed again, and the process can exit at once.
     """
+    timeout = settings.startup_timeout_seconds
     postgres = await unless_stopped(
         stop,
-        connect_database(
-            settings, deadline=settings.startup_timeout_seconds, generic_plans=generic_plans
+        with_current_schema(
+            connect_database(settings, deadline=timeout, generic_plans=generic_plans),
+            retry_for=timeout,
         ),
     )
     if postgres is None:
         return None
-    try:
-        await unless_stopped(
-            stop,
-            ensure_schema_current(
-                PostgresSchema(postgres.db), timeout=settings.startup_timeout_seconds
-            ),
-        )
-    except BaseException:
-        await postgres.close()
-        raise
     broker = Broker(settings.amqp_url, settings.amqp_queue, settings.amqp_delivery_limit)
     supervisor = Supervisor()
     infra = Infrastructure(settings, postgres, broker, supervisor)
