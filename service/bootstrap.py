@@ -15,9 +15,10 @@ from typing import Generic
 
 from service.adapters.download import HttpDownloader
 from service.adapters.postgres import Postgres
+from service.adapters.postgres.accept import PostgresAccepts
 from service.adapters.postgres.gauges import DatabaseGauges
 from service.adapters.postgres.listener import DoneListener
-from service.adapters.postgres.schema import PostgresSchema, connect_database
+from service.adapters.postgres.schema import connect_database, with_current_schema
 from service.adapters.rabbitmq import Broker
 from service.domain.model import Operation
 from service.domain.network import NetworkPolicy, parse_networks
@@ -33,7 +34,6 @@ from service.usecases.images import Images
 from service.usecases.operations import Encoded, Operations
 from service.usecases.outbox import PublishedMarks
 from service.usecases.recent import RecentOperations
-from service.usecases.schema import ensure_schema_current
 
 # How long the workers wait for the broker at start-up before they go on (the database's
 # wait is STARTUP_TIMEOUT_SECONDS).
@@ -73,24 +73,16 @@ async def start_infrastructure(
     ``None`` once ``stop`` is set before that is done (a SIGTERM during start-up): whatever
     was started is closed again, and the process can exit at once.
     """
+    timeout = settings.startup_timeout_seconds
     postgres = await unless_stopped(
         stop,
-        connect_database(
-            settings, deadline=settings.startup_timeout_seconds, generic_plans=generic_plans
+        with_current_schema(
+            connect_database(settings, deadline=timeout, generic_plans=generic_plans),
+            retry_for=timeout,
         ),
     )
     if postgres is None:
         return None
-    try:
-        await unless_stopped(
-            stop,
-            ensure_schema_current(
-                PostgresSchema(postgres.db), timeout=settings.startup_timeout_seconds
-            ),
-        )
-    except BaseException:
-        await postgres.close()
-        raise
     broker = Broker(settings.amqp_url, settings.amqp_queue, settings.amqp_delivery_limit)
     supervisor = Supervisor()
     infra = Infrastructure(settings, postgres, broker, supervisor)
@@ -133,8 +125,10 @@ def build_api(
     marks = PublishedMarks(postgres.outbox)
     infra.supervisor.start("published-marks", marks.run)
     waiters = OperationWaiters()
+    # The per-folder quota is the API's setting: the workers accept nothing.
+    accepts = PostgresAccepts(postgres.db, settings.max_unfinished_operations_per_folder)
     images = Images(
-        postgres.accepts,
+        accepts,
         postgres.reads,
         infra.broker,
         marks,

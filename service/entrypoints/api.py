@@ -1,4 +1,6 @@
-"""The API process: the gRPC server over the use cases that ``service.bootstrap`` builds."""
+"""The API process: the gRPC server, and the REST/JSON server beside it when ``HTTP_LISTEN`` is
+set (``service.entrypoints.http``), over the use cases that ``service.bootstrap`` builds.
+``api_processes`` runs several of them on one port; ``cli.service`` is its command line."""
 
 from __future__ import annotations
 

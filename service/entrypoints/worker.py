@@ -180,7 +180,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 
 
 def main(settings: Settings | None = None) -> None:
-    """Run the worker process (``python -m workers``, via ``cli.workers``)."""
+    """Run the worker process (``python -m workers``, via ``service.entrypoints.cli.workers``)."""
     settings = settings or Settings()
     logs.configure(settings.log_level, component="workers")
     tracing.configure(settings, component="workers")

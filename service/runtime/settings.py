@@ -252,3 +252,71 @@ class Settings(BaseSettings):
         if self.idempotency_ttl_seconds > self.operation_retention_seconds:
             raise ValueError("IDEMPOTENCY_TTL_SECONDS must not exceed OPERATION_RETENTION_SECONDS")
         return self
+
+
+# Which processes read each setting: what `python -m service --help` and `python -m workers
+# --help` list. Every setting is in exactly one group; tests/unit/test_settings_in_help.py finds
+# the reads in the code each process runs and holds these groups to them.
+READ_BY_BOTH = frozenset(
+    {
+        "database_url",
+        "amqp_url",
+        "amqp_queue",
+        "amqp_delivery_limit",
+        "db_pool_min",
+        "db_pool_max",
+        "db_command_timeout_seconds",
+        "startup_timeout_seconds",
+        "publish_timeout_seconds",  # the API's publish; the workers' relay
+        "download_allowed_networks",  # the API checks a source, the workers download it
+        "operation_retention_seconds",
+        "health_interval_seconds",
+        "metrics_listen",
+        "metrics_refresh_seconds",
+        "otel_exporter_otlp_endpoint",
+        "otel_exporter_otlp_protocol",
+        "otel_service_name",
+        "event_loop",
+        "log_level",
+    }
+)
+READ_BY_API_ONLY = frozenset(
+    {
+        "grpc_listen",
+        "http_listen",
+        "public_endpoint",
+        "api_processes",
+        "grpc_grace_seconds",
+        "operation_cache_size",
+        "tls_cert_file",
+        "tls_key_file",
+        "auth_cache_seconds",
+        "grpc_max_message_bytes",
+        "grpc_max_concurrent_rpcs",
+        "http_max_concurrent_requests",
+        "rate_limit_per_second",
+        "rate_limit_burst",
+        "max_unfinished_operations_per_folder",
+    }
+)
+READ_BY_WORKERS_ONLY = frozenset(
+    {
+        "worker_concurrency",
+        "worker_grace_seconds",
+        "lease_seconds",
+        "max_attempts",
+        "retry_max_seconds",
+        "consumer_watch_interval_seconds",
+        "consumer_stall_seconds",
+        "outbox_interval_seconds",
+        "outbox_grace_seconds",
+        "sweep_interval_seconds",
+        "republish_after_seconds",
+        "idempotency_ttl_seconds",
+        "retention_interval_seconds",
+        "download_timeout_seconds",
+        "download_max_bytes",
+        "download_stall_seconds",
+        "worker_health_file",
+    }
+)

@@ -15,7 +15,7 @@ from typing import Any
 
 from service.domain.errors import ServiceError
 from service.domain.setup import SetupError
-from service.usecases.ports import (
+from service.usecases.ops_ports import (
     OperationRecord,
     OpsQueries,
     PeekedMessage,

@@ -113,6 +113,7 @@ async def test_the_workers_help_lists_no_setting_of_the_api_alone():
     ran = await run("workers", "--help", env={})
     assert "GRPC_LISTEN" not in ran.stdout
     assert "TLS_CERT_FILE" not in ran.stdout
+    assert "HTTP_LISTEN" not in ran.stdout
 
 
 SCHEMA_COMMANDS = [

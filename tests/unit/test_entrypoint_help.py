@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from service.domain.setup import PortTaken
 from service.entrypoints.cli.failures import describe_settings_error
-from service.entrypoints.cli.helptext import API_ONLY, WORKER_ONLY, settings_rows
+from service.entrypoints.cli.helptext import settings_rows
 from service.entrypoints.cli.listen import ensure_can_listen
 from service.runtime.settings import Settings
 
@@ -18,11 +18,6 @@ from service.runtime.settings import Settings
 def test_every_setting_has_a_description_for_the_help():
     missing = [name for name, field in Settings.model_fields.items() if not field.description]
     assert missing == []
-
-
-def test_the_api_only_and_worker_only_lists_name_real_settings():
-    assert set(Settings.model_fields) >= (API_ONLY | WORKER_ONLY)
-    assert not API_ONLY & WORKER_ONLY
 
 
 def test_a_settings_row_shows_the_variable_its_description_and_default():

@@ -21,7 +21,7 @@ from service.usecases.ops import (
     outcome,
     pipeline_state,
 )
-from service.usecases.ports import OperationRecord, PeekedMessage, QueueState, TokenRecord
+from service.usecases.ops_ports import OperationRecord, PeekedMessage, QueueState, TokenRecord
 from service.usecases.schema import SchemaState, ensure_schema_current
 
 SHIPPED = ("0001_a", "0002_b", "0003_c")

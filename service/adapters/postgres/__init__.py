@@ -18,7 +18,12 @@ from service.runtime.settings import Settings
 
 @dataclass(frozen=True)
 class Postgres:
-    """Every port PostgreSQL serves, over one pool."""
+    """Every port PostgreSQL serves, over one pool.
+
+    ``accepts`` holds the quota it is built with (``over``; 1000 from ``connect``): only the
+    API accepts operations, and ``bootstrap.build_api`` builds its own ``PostgresAccepts``
+    with ``MAX_UNFINISHED_OPERATIONS_PER_FOLDER``, so that the workers do not read it.
+    """
 
     db: Database
     accepts: PostgresAccepts
@@ -55,7 +60,7 @@ class Postgres:
                     command_timeout=settings.db_command_timeout_seconds,
                     generic_plans=generic_plans,
                 )
-                return cls.over(db, settings.max_unfinished_operations_per_folder)
+                return cls.over(db)
         raise AssertionError("retrying returned without a result or an error")
 
     async def close(self) -> None:

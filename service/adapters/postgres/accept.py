@@ -18,7 +18,13 @@ from typing import Any, NoReturn
 import asyncpg
 import structlog
 
-from service.adapters.postgres.database import TRANSIENT_ERRORS, Connection, Database, load_sql
+from service.adapters.postgres.database import (
+    TRANSIENT_ERRORS,
+    Connection,
+    Database,
+    load_sql,
+    translate_errors,
+)
 from service.adapters.postgres.rows import OPERATION_COLUMNS, operation_from_row
 from service.domain.errors import (
     FailedPrecondition,
@@ -109,7 +115,7 @@ class PostgresAccepts:
         async def insert(conn: Connection) -> Operation:
             # The image first, the quota last (the module's docstring): a new name may wait
             # on a worker renaming another image to it, which then needs the quota row.
-            try:
+            with translate_errors(image_name=image.name):
                 await conn.execute(
                     "INSERT INTO images (id, folder_id, name, description, status, labels,"
                     " uri) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -121,8 +127,6 @@ class PostgresAccepts:
                     dict(image.labels),
                     request.uri,
                 )
-            except asyncpg.UniqueViolationError as exc:
-                raise image_name_taken(image.name) from exc
             await self._check_quota(conn, image.folder_id)
             return await _insert_operation(conn, operation, image.folder_id, {"uri": request.uri})
 

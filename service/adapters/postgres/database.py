@@ -1,8 +1,10 @@
 """The connection pool, and the one place driver errors become domain errors.
 
 A lost or refused connection becomes ``Unavailable`` (retryable), a broken unique name
-constraint ``AlreadyExists``, a value the database cannot store ``InvalidArgument``. Callers
-above the adapters see domain types only.
+constraint ``AlreadyExists`` (naming the name, where a statement passes it), a value the
+database cannot store ``InvalidArgument``. Callers above the adapters see domain types only.
+The other adapter modules catch a driver error only to take another path (a batch that hits
+one handed back to be done one by one), never to make a domain error of it.
 
 A connection the server ended while it sat idle in the pool is one of the lost ones, though
 asyncpg does not say so: PostgreSQL sends it a FATAL error (a terminated backend, an idle
@@ -27,7 +29,13 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from service.domain.errors import AlreadyExists, FieldViolation, InvalidArgument, Unavailable
+from service.domain.errors import (
+    AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
+    Unavailable,
+    image_name_taken,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -56,13 +64,20 @@ def load_sql(name: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
 
 
+# The unique (folder_id, name) of migrations/0001.
+IMAGE_NAME_CONSTRAINT = "images_folder_name_key"
+
+
 @contextlib.contextmanager
-def translate_errors() -> Iterator[None]:
-    """Driver errors raised inside become the domain's errors."""
+def translate_errors(image_name: str | None = None) -> Iterator[None]:
+    """Driver errors raised inside become the domain's errors. ``image_name``: the name a
+    statement inside gives an image, for the error to say which name is taken."""
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "images_folder_name_key":
+        if exc.constraint_name == IMAGE_NAME_CONSTRAINT:
+            if image_name is not None:
+                raise image_name_taken(image_name) from exc
             raise AlreadyExists("Image with that name already exists") from exc
         raise
     except asyncpg.DataError as exc:

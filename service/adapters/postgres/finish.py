@@ -14,14 +14,13 @@ from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 
-from service.adapters.postgres.database import Connection, Database, load_sql
+from service.adapters.postgres.database import Connection, Database, load_sql, translate_errors
 from service.adapters.postgres.rows import (
     CLAIM_COLUMNS,
     IMAGE_COLUMNS,
     claim_from_row,
     image_from_row,
 )
-from service.domain.errors import image_name_taken
 from service.domain.model import ClaimedOperation, Image, ImageStatus, OperationError
 from service.runtime import metrics
 
@@ -140,7 +139,7 @@ class PostgresTransaction:
         return None if row is None else image_from_row(row)
 
     async def save_image(self, image: Image) -> None:
-        try:
+        with translate_errors(image_name=image.name):
             async with self.conn.transaction():  # a savepoint: the outer work survives
                 await self.conn.execute(
                     "UPDATE images SET name = $2, description = $3, labels = $4, status = $5,"
@@ -152,8 +151,6 @@ class PostgresTransaction:
                     int(image.status),
                     image.checksum,
                 )
-        except asyncpg.UniqueViolationError as exc:
-            raise image_name_taken(image.name) from exc
 
     async def set_image_status(self, image_id: str, status: ImageStatus) -> None:
         await self.conn.execute(

@@ -1,4 +1,4 @@
-"""The operator's read-only queries (``usecases.ports.OpsQueries``)."""
+"""The operator's read-only queries (``usecases.ops_ports.OpsQueries``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from service.adapters.postgres.database import Database
-from service.usecases.ports import OperationRecord, TokenRecord
+from service.usecases.ops_ports import OperationRecord, TokenRecord
 
 _OPERATION = (
     "SELECT o.id, o.kind, o.image_id, o.folder_id, o.created_at, o.modified_at, o.done,"
@@ -35,7 +35,7 @@ def _operation(row: Any) -> OperationRecord:
 
 
 class PostgresOps:
-    """``usecases.ports.OpsQueries`` over PostgreSQL."""
+    """``usecases.ops_ports.OpsQueries`` over PostgreSQL."""
 
     def __init__(self, db: Database) -> None:
         self._db = db

@@ -1,4 +1,5 @@
-"""Connecting for a start-up or an operator's command, and what the migration tool recorded.
+"""Connecting for a start-up or an operator's command, checking the schema it finds, and what
+the migration tool recorded.
 
 Driver failures that mean "set up first" become the one-line ``SetupError``s of
 ``service.domain.setup``: a database that does not exist, credentials refused, a server out of
@@ -7,7 +8,7 @@ reach after the deadline.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -18,6 +19,7 @@ from service.adapters.postgres.migrations import migrations_directory
 from service.domain.errors import Unavailable
 from service.domain.setup import MIGRATE_HINT, Refused, SchemaMissing, Unreachable
 from service.runtime.settings import Settings
+from service.usecases.schema import ensure_schema_current
 
 # An operator's command tries once, and waits this long for the server to answer.
 COMMAND_CONNECT_TIMEOUT_SECONDS = 5.0
@@ -63,8 +65,26 @@ async def connect_database(
         raise error from exc
 
 
-@asynccontextmanager
-async def command_database(settings: Settings) -> AsyncIterator[Database]:
+async def with_current_schema(
+    connecting: Awaitable[Postgres], *, retry_for: float | None = None
+) -> Postgres:
+    """The database ``connecting`` opens (``connect_database`` for a process's start-up,
+    ``command_postgres`` for an operator's command), once it has this version's schema:
+    ``SchemaMissing`` or ``SchemaBehind`` if not, saying to migrate. ``retry_for``: how long
+    the check waits for an unreachable server (``None``: not at all).
+
+    The pool is closed again on any failure, and when cancelled.
+    """
+    postgres = await connecting
+    try:
+        await ensure_schema_current(PostgresSchema(postgres.db), timeout=retry_for)
+    except BaseException:
+        await postgres.close()
+        raise
+    return postgres
+
+
+async def command_postgres(settings: Settings) -> Postgres:
     """A small pool for one operator's command: one attempt, no retries (a command should
     say at once that the database is out of reach, not log warnings for a minute)."""
     try:
@@ -81,11 +101,17 @@ async def command_database(settings: Settings) -> AsyncIterator[Database]:
         if error is None:
             raise
         raise error from exc
-    db = Database(pool, acquire_timeout=COMMAND_CONNECT_TIMEOUT_SECONDS)
+    return Postgres.over(Database(pool, acquire_timeout=COMMAND_CONNECT_TIMEOUT_SECONDS))
+
+
+@asynccontextmanager
+async def command_database(settings: Settings) -> AsyncIterator[Database]:
+    """``command_postgres``'s database, closed at the end."""
+    postgres = await command_postgres(settings)
     try:
-        yield db
+        yield postgres.db
     finally:
-        await db.close()
+        await postgres.close()
 
 
 class PostgresSchema:

@@ -1,5 +1,5 @@
 """Looking at queues without changing them, for ``doctor`` and ``ops dead-letters``
-(``usecases.ports.QueueInspector``).
+(``usecases.ops_ports.QueueInspector``).
 
 One short-lived connection, tried once per node: an operator's command says at once that the
 broker is out of reach instead of retrying.
@@ -25,7 +25,7 @@ from service.adapters.rabbitmq.topology import (
     queue_arguments,
 )
 from service.domain.setup import QueueMissing, Refused, Unreachable
-from service.usecases.ports import PeekedMessage, QueueState
+from service.usecases.ops_ports import PeekedMessage, QueueState
 
 CONNECT_TIMEOUT_SECONDS = 5.0
 GET_TIMEOUT_SECONDS = 5.0

@@ -1,6 +1,8 @@
 """``--help`` that tells what a command reads: each command lists the settings (environment
 variables) it uses, with their defaults and descriptions, generated from the ``Settings``
-model so the list cannot fall behind it.
+model. Which process reads which setting is declared beside the model (``READ_BY_*``);
+``tests/unit/test_settings_in_help.py`` finds the reads in the code and fails when a command's
+help lists a setting the command does not read, or leaves out one it does.
 
 Importing this loads click and the settings model only: ``--help`` never connects anywhere.
 """
@@ -13,48 +15,21 @@ from typing import Any
 import click
 from pydantic.fields import FieldInfo
 
-from service.runtime.settings import Settings
+from service.runtime.settings import (
+    READ_BY_API_ONLY,
+    READ_BY_BOTH,
+    READ_BY_WORKERS_ONLY,
+    Settings,
+)
 
-# Read by the API only, or by the workers only; every other setting is read by both.
-API_ONLY = frozenset(
-    {
-        "grpc_listen",
-        "public_endpoint",
-        "api_processes",
-        "grpc_grace_seconds",
-        "operation_cache_size",
-        "tls_cert_file",
-        "tls_key_file",
-        "auth_cache_seconds",
-        "grpc_max_message_bytes",
-        "grpc_max_concurrent_rpcs",
-        "rate_limit_per_second",
-        "rate_limit_burst",
-        "max_unfinished_operations_per_folder",
-    }
+# In the order of the Settings class.
+API_SETTINGS = tuple(
+    name for name in Settings.model_fields if name in READ_BY_BOTH | READ_BY_API_ONLY
 )
-WORKER_ONLY = frozenset(
-    {
-        "worker_concurrency",
-        "worker_grace_seconds",
-        "lease_seconds",
-        "max_attempts",
-        "retry_max_seconds",
-        "consumer_watch_interval_seconds",
-        "consumer_stall_seconds",
-        "outbox_interval_seconds",
-        "outbox_grace_seconds",
-        "sweep_interval_seconds",
-        "republish_after_seconds",
-        "retention_interval_seconds",
-        "download_timeout_seconds",
-        "download_max_bytes",
-        "download_stall_seconds",
-        "worker_health_file",
-    }
+WORKER_SETTINGS = tuple(
+    name for name in Settings.model_fields if name in READ_BY_BOTH | READ_BY_WORKERS_ONLY
 )
-API_SETTINGS = tuple(name for name in Settings.model_fields if name not in WORKER_ONLY)
-WORKER_SETTINGS = tuple(name for name in Settings.model_fields if name not in API_ONLY)
+# What the operator's commands read: the database's; doctor and dead-letters the broker's too.
 DATABASE_SETTINGS = ("database_url", "db_command_timeout_seconds", "log_level")
 BROKER_SETTINGS = ("amqp_url", "amqp_queue", "amqp_delivery_limit")
 

@@ -1,4 +1,5 @@
-"""Whether the API can listen where ``GRPC_LISTEN`` says, asked before anything starts.
+"""Whether the API can listen where ``GRPC_LISTEN`` (and ``HTTP_LISTEN``) say, asked before
+anything starts.
 
 gRPC reports a taken port only as a ``RuntimeError`` after the database is connected, and
 prints a C-core log line of its own; a test bind first gives one clear line at once.

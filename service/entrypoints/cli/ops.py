@@ -32,6 +32,8 @@ from service.usecases.ops import (
 
 IMAGE_STATUS = {1: "CREATING", 2: "READY", 3: "ERROR", 4: "DELETING", 5: "UPDATING"}
 DOCTOR_SETTINGS = (*DATABASE_SETTINGS, *BROKER_SETTINGS)
+# The dead-letter queue is named for the queue; its messages' delivery limit is not read.
+DEAD_LETTERS_SETTINGS = (*DATABASE_SETTINGS, "amqp_url", "amqp_queue")
 
 
 def _print_checks(checks: list[Check]) -> None:
@@ -77,7 +79,7 @@ def doctor() -> None:
     raise SystemExit(0 if run_command("doctor", work) else 1)
 
 
-@click.group(cls=SettingsGroup)
+@click.group(cls=SettingsGroup, settings=DEAD_LETTERS_SETTINGS)
 def ops() -> None:
     """Look into the pipeline: operations that do not finish, messages that were
     dead-lettered."""
@@ -143,7 +145,7 @@ def stuck(older_than: float, limit: int, output_format: str) -> None:
     run_command("ops", work)
 
 
-@ops.command(name="dead-letters", cls=SettingsCommand, settings=DOCTOR_SETTINGS)
+@ops.command(name="dead-letters", cls=SettingsCommand, settings=DEAD_LETTERS_SETTINGS)
 @click.option(
     "--limit",
     type=click.IntRange(min=1, max=1000),

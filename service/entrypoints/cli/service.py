@@ -26,16 +26,13 @@ from service.runtime.settings import Settings
 async def _check_database(settings: Settings) -> None:
     """The start-up checks of one API process, made once before ``API_PROCESSES`` children
     start: each would fail alike."""
-    from service.adapters.postgres.schema import PostgresSchema, connect_database
-    from service.usecases.schema import ensure_schema_current
+    from service.adapters.postgres.schema import connect_database, with_current_schema
 
-    postgres = await connect_database(settings, deadline=settings.startup_timeout_seconds)
-    try:
-        await ensure_schema_current(
-            PostgresSchema(postgres.db), timeout=settings.startup_timeout_seconds
-        )
-    finally:
-        await postgres.close()
+    timeout = settings.startup_timeout_seconds
+    postgres = await with_current_schema(
+        connect_database(settings, deadline=timeout), retry_for=timeout
+    )
+    await postgres.close()
 
 
 def _serve() -> None:

@@ -26,7 +26,6 @@ from service.runtime import logs
 from service.runtime.settings import Settings
 from service.usecases.auth import create_token, revoke_token
 from service.usecases.ops import list_tokens
-from service.usecases.schema import ensure_schema_current
 
 if TYPE_CHECKING:
     from service.adapters.postgres.database import Database
@@ -42,15 +41,17 @@ async def migrated_database(settings: Settings) -> AsyncIterator[Database]:
     """The database for one command, its schema checked; a connection lost on the way is
     one line too."""
     from service.adapters.postgres.schema import (
-        PostgresSchema,
-        command_database,
+        command_postgres,
         database_location,
+        with_current_schema,
     )
 
     try:
-        async with command_database(settings) as db:
-            await ensure_schema_current(PostgresSchema(db))
-            yield db
+        postgres = await with_current_schema(command_postgres(settings))
+        try:
+            yield postgres.db
+        finally:
+            await postgres.close()
     except Unavailable as exc:
         raise Unreachable(
             f"lost PostgreSQL at {database_location(settings)} ({exc.message}); try again"

@@ -1,8 +1,8 @@
 """``python -m workers``: the command line of the worker process (``--help``, one-line
 failures); the process itself is ``service.entrypoints.worker``.
 
-Kept apart from ``service.entrypoints.cli.service``, which loads the gRPC side: the worker process
-loads nothing of it.
+Kept apart from ``service.entrypoints.cli.service``, which loads the gRPC side: the worker
+process loads nothing of it.
 """
 
 from __future__ import annotations
