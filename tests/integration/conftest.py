@@ -27,9 +27,11 @@ async def store(database_url: str) -> AsyncIterator[Postgres]:
 async def own_database(run_id: str, label: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
     """A fresh, migrated database of one module's own, and a pool over it.
 
-    For tests of what looks at every operation (the relay, the sweeper): on the run's shared
+    For tests of what looks at every operation (the relay, the sweeper, counts, lock waits)
+    and of operations left unpublished or unfinished for a while: on the run's shared
     database the workers that the end-to-end tests started keep running their own relay and
-    sweeper, and would take this module's operations from under it.
+    sweeper (and finish whatever their relay sends them), and would take this module's
+    operations from under it.
     """
     name = f"imgsvc_test_{run_id}_{label}"
     url = database_url_for(name)

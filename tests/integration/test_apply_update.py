@@ -12,8 +12,14 @@ from service.adapters.postgres import Postgres as Store
 from service.domain import ids
 from service.domain.model import Image, ImageChange, ImageStatus
 from service.usecases.execute import _apply_update
+from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import add_image, folder, update
 from tests.support import backend_waiting_on_lock, eventually
+
+# A database of this module's own, not the run's shared one (see conftest.own_database).
+# The end-to-end tests' relay would publish these operations to their workers, which
+# would apply them before the statement under test does.
+own, database_url, db = own_database_fixtures("apply")
 
 READY, UPDATING = int(ImageStatus.READY), int(ImageStatus.UPDATING)
 

@@ -16,7 +16,13 @@ from service.domain.auth import Principal, Role
 from service.domain.model import ImageChange, Operation
 from service.runtime.waiters import OperationWaiters
 from service.usecases.operations import Operations
+from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import add_image, folder, update
+
+# A database of this module's own, not the run's shared one (see conftest.own_database).
+# The end-to-end tests' relay would publish these operations to their workers, which
+# would finish them before this module does.
+own, database_url, db = own_database_fixtures("notifications")
 
 EDITOR = Principal(subject="tester", role=Role.EDITOR, folders=frozenset({"*"}))
 

@@ -35,8 +35,14 @@ from service.usecases.execute import Executor
 from service.usecases.images import Images, new_operation
 from service.usecases.operations import Operations
 from service.usecases.outbox import PublishedMarks
+from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import add_image, folder, update
 from tests.unit.fakes import FakeDownloader, FakePublisher
+
+# A database of this module's own, not the run's shared one (see conftest.own_database).
+# The end-to-end tests' workers would finish operations of these folders while the
+# quota is counted, freeing places.
+own, database_url, db = own_database_fixtures("quota")
 
 QUOTA = 10
 

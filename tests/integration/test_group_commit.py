@@ -17,8 +17,14 @@ from service.domain.model import IdempotencyKey, ImageChange, Operation
 from service.usecases.images import Images
 from service.usecases.outbox import PublishedMarks
 from tests.conftest import AMQP_URL
+from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import CREATING, READY, UPDATING, add_image, folder, update
 from tests.support import eventually
+
+# A database of this module's own, not the run's shared one (see conftest.own_database).
+# Counts sessions waiting on locks, and applies what it accepted: the end-to-end tests'
+# processes wait on locks too, and their workers would apply these operations first.
+own, database_url, db = own_database_fixtures("group_commit")
 
 
 async def test_a_batch_of_updates_is_accepted_with_one_operation_row_each(store, db):

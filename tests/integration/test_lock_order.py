@@ -26,8 +26,14 @@ from service.usecases.execute import Executor
 from service.usecases.operations import Operations
 from service.usecases.outbox import publish_pending, requeue_abandoned
 from service.usecases.ports import QueueDepth
+from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import add_image, folder, update
 from tests.unit.fakes import FakeDownloader, FakePublisher
+
+# A database of this module's own, not the run's shared one (see conftest.own_database).
+# Its relay and sweeper take every operation of the database, and it counts the
+# database's deadlocks: the end-to-end tests' processes would be in both.
+own, database_url, db = own_database_fixtures("lock_order")
 
 LOAD_SECONDS = 6.0
 

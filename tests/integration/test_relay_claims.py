@@ -107,21 +107,35 @@ async def test_a_slow_broker_holds_no_lock_on_the_operations_being_sent(
 async def test_relays_running_together_never_send_one_operation_twice(
     relay_store: Postgres, db: asyncpg.Pool
 ):
-    """More than a batch each for three relays, whose broker confirms take a few turns."""
-    operations = await unpublished_operations(relay_store, db, 3 * RELAY_BATCH // 2)
+    """Three relays, two and a half batches: every broker confirm is held until each relay
+    has claimed a batch of its own, so the three share the work by construction (not by the
+    scheduler's luck), then all confirm at once."""
+    operations = await unpublished_operations(relay_store, db, 2 * RELAY_BATCH + RELAY_BATCH // 2)
     brokers = [SlowBroker() for _ in range(3)]
-    for b in brokers:
-        b.go.set()
-    await asyncio.wait_for(
-        asyncio.gather(
-            *(
-                publish_pending(relay_store.outbox, b, older_than=30, publish_timeout=5)
-                for b in brokers
+    relays = [
+        asyncio.create_task(
+            # A claim outlasting the wait below: no relay gives its batch back meanwhile.
+            publish_pending(
+                relay_store.outbox, b, older_than=30, publish_timeout=5, claim_seconds=300
             )
-        ),
-        60,
-    )
+        )
+        for b in brokers
+    ]
+    try:
+
+        async def each_relay_holds_a_batch() -> bool:
+            for relay in relays:
+                if relay.done():
+                    relay.result()  # a failure, or a relay that found nothing to claim
+                    raise AssertionError("a relay finished before the others claimed")
+            return all(b.waiting for b in brokers)
+
+        await eventually(each_relay_holds_a_batch, timeout=30, what="each relay to claim")
+    finally:
+        for b in brokers:
+            b.go.set()
+        sent_counts = await asyncio.wait_for(asyncio.gather(*relays), 60)
     sent = Counter(i for b in brokers for i in b.published if i in operations)
     assert set(sent) == set(operations)
     assert max(sent.values()) == 1, [i for i, n in sent.items() if n > 1]
-    assert sum(1 for b in brokers if b.published) > 1, "the relays shared the work"
+    assert sorted(sent_counts) == [RELAY_BATCH // 2, RELAY_BATCH, RELAY_BATCH], sent_counts

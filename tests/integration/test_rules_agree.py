@@ -55,7 +55,13 @@ from service.domain.model import (
 from service.domain.validation import MAX_DESCRIPTION
 from service.usecases.execute import _apply_update
 from service.usecases.ports import NewUpdate
+from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import folder, update
+
+# A database of this module's own, not the run's shared one (see conftest.own_database).
+# The end-to-end tests' relay would publish the Updates accepted here to their workers,
+# which would apply them while the two rules are compared.
+own, database_url, db = own_database_fixtures("rules")
 
 PROPERTY = settings(
     max_examples=35,
@@ -596,7 +602,7 @@ async def lay_delivery(db: asyncpg.Pool, copy: Copy, delivery: Delivery) -> list
         else:
             image_id, folder_id = copy.image(u.image), copy.folder(delivery.images[u.image].folder)
         rows.append((copy.operation(n), image_id, folder_id, json.dumps(u.change.to_json())))
-    # Marked published: a relay running in this database (end-to-end tests) leaves them alone.
+    # Marked published, as delivered operations are.
     await db.executemany(
         "INSERT INTO operations (id, kind, image_id, folder_id, description, created_by,"
         " request, published_at) VALUES ($1, 'update_image', $2, $3, 'Update image', 'tester',"

@@ -15,7 +15,13 @@ from service.adapters.postgres.gauges import DatabaseGauges
 from service.domain.errors import Code
 from service.domain.model import ImageChange, OperationError
 from service.runtime import tracing
+from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import add_image, folder, update
+
+# A database of this module's own, not the run's shared one (see conftest.own_database).
+# Claims every unpublished operation and counts every unfinished one: the end-to-end
+# tests' processes change both meanwhile.
+own, database_url, db = own_database_fixtures("observability")
 
 CALLER = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 FINISHED = "image_service_operations_finished_total"

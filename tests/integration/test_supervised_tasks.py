@@ -22,7 +22,13 @@ from service.entrypoints import api, worker
 from service.runtime.settings import Settings
 from service.usecases.outbox import PublishedMarks
 from tests.conftest import AMQP_URL
+from tests.integration.conftest import own_database_fixtures
 from tests.support import eventually
+
+# A database of this module's own, not the run's shared one (see conftest.own_database).
+# The workers' relay, sweeper and retention run here over every operation of the
+# database: on the shared one they would take the end-to-end tests' operations.
+own, database_url, db = own_database_fixtures("supervised")
 
 
 def crash_once(
