@@ -55,8 +55,8 @@ def _write_settings(formatter: click.HelpFormatter, names: tuple[str, ...]) -> N
             formatter.write_dl(settings_rows(names))
 
 
-class SettingsCommand(click.Command):
-    """A command whose help ends with the settings it reads (``settings=`` names them)."""
+class _ListsSettings:
+    """Ends a command's help with the settings it reads (``settings=`` names them)."""
 
     def __init__(self, *args: Any, settings: Iterable[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -64,22 +64,18 @@ class SettingsCommand(click.Command):
 
     def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         _write_settings(formatter, self.settings)
-        super().format_epilog(ctx, formatter)
+        super().format_epilog(ctx, formatter)  # type: ignore[misc]
 
 
-class SettingsGroup(click.Group):
+class SettingsCommand(_ListsSettings, click.Command):
+    """A command whose help ends with the settings it reads."""
+
+
+class SettingsGroup(_ListsSettings, click.Group):
     """A group whose help ends with the settings it reads; its commands are
     ``SettingsCommand``s unless told otherwise."""
 
     command_class = SettingsCommand
-
-    def __init__(self, *args: Any, settings: Iterable[str] = (), **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.settings = tuple(settings)
-
-    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        _write_settings(formatter, self.settings)
-        super().format_epilog(ctx, formatter)
 
 
 SettingsGroup.group_class = SettingsGroup
