@@ -44,10 +44,31 @@ RUN_ENV = "IMGSVC_TEST_RUN"
 # Where the workers take turns making the template (the lock) and record that it exists.
 TEMPLATE_DIR = Path(tempfile.gettempdir())
 
+# Where each test belongs, from its folder: `scripts/test --quick` leaves out the `slow` ones.
+SUITES = {"unit", "integration", "e2e", "faults", "fuzz", "compat"}
+SLOW_SUITES = {"e2e", "faults", "fuzz", "compat"}
+# ... and the modules of the other suites that take more than a few seconds: this one installs
+# the project and its dependencies into a fresh venv.
+SLOW_MODULES = {("integration", "test_installed_package.py")}
+TESTS = Path(__file__).resolve().parent
+
 
 def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         os.environ[RUN_ENV] = uuid.uuid4().hex[:10]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks each test with its suite (its folder under tests/), and `slow` for the suites that
+    start processes or private servers."""
+    for item in items:
+        path = item.path.resolve()
+        parts = path.relative_to(TESTS).parts if path.is_relative_to(TESTS) else ()
+        suite = parts[0] if len(parts) > 1 else ""
+        if suite in SUITES:
+            item.add_marker(suite)
+        if suite in SLOW_SUITES or parts in SLOW_MODULES:
+            item.add_marker("slow")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
