@@ -1,14 +1,18 @@
 """Fixtures shared by the integration and end-to-end tests.
 
-Every test run gets a database and queue names of its own (``imgsvc_test_<run>``,
-``image-operations-test-<run>``), created here and removed at the end.
+Every test session (each xdist worker has one) gets a database and queue names of its own
+(``imgsvc_test_<run>``, ``image-operations-test-<run>``), created here and removed at the end.
+A database is a copy of the run's migrated template (``CREATE DATABASE ... TEMPLATE``): the
+migrations run once per ``pytest`` run, however many databases and workers it has.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -17,7 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import asyncpg
 import grpc
+import psycopg
 import pytest
+from filelock import FileLock
 
 from tests import support
 from tests.support import ROOT, BlobServer, ServiceProcess, base_env
@@ -31,6 +37,43 @@ ADMIN_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+# The ID of one `pytest` run, set by the process that starts it (the xdist controller, or the
+# only process) and inherited by the xdist workers: it names the run's template database.
+RUN_ENV = "IMGSVC_TEST_RUN"
+# Where the workers take turns making the template (the lock) and record that it exists.
+TEMPLATE_DIR = Path(tempfile.gettempdir())
+
+# Where each test belongs, from its folder: `scripts/test --quick` leaves out the `slow` ones.
+SUITES = {"unit", "integration", "e2e", "faults", "fuzz", "compat"}
+SLOW_SUITES = {"e2e", "faults", "fuzz", "compat"}
+# ... and the modules of the other suites that take more than a few seconds: this one installs
+# the project and its dependencies into a fresh venv.
+SLOW_MODULES = {("integration", "test_installed_package.py")}
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        os.environ[RUN_ENV] = uuid.uuid4().hex[:10]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks each test with its suite (its folder under tests/), and `slow` for the suites that
+    start processes or private servers."""
+    for item in items:
+        path = item.path.resolve()
+        parts = path.relative_to(TESTS).parts if path.is_relative_to(TESTS) else ()
+        suite = parts[0] if len(parts) > 1 else ""
+        if suite in SUITES:
+            item.add_marker(suite)
+        if suite in SLOW_SUITES or parts in SLOW_MODULES:
+            item.add_marker("slow")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):
+        drop_template()
 
 
 @pytest.fixture(scope="session")
@@ -61,12 +104,63 @@ def migrate(database_url: str) -> None:
     )
 
 
+def admin_execute(*statements: str) -> list[tuple[object, ...]]:
+    """Runs statements on the admin database, each on its own (CREATE and DROP DATABASE cannot
+    run in a transaction); the rows of the last."""
+    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
+        rows: list[tuple[object, ...]] = []
+        for statement in statements:
+            cursor = conn.execute(statement)
+            rows = cursor.fetchall() if cursor.description else []
+        return rows
+
+
+def template_name() -> str:
+    return f"imgsvc_template_{os.environ[RUN_ENV]}"
+
+
+def migrated_template() -> str:
+    """The run's migrated template database; the first process that asks makes it.
+
+    It accepts no connections once made: ``CREATE DATABASE ... TEMPLATE`` fails while anyone
+    is connected to the template, and nothing but the copies is ever used.
+    """
+    name = template_name()
+    with FileLock(TEMPLATE_DIR / f"{name}.lock"):
+        made = admin_execute(f"SELECT datistemplate FROM pg_database WHERE datname = '{name}'")
+        if made == [(True,)]:
+            return name
+        # Absent, or left half-migrated by a process that failed: make it (again).
+        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        (TEMPLATE_DIR / f"{name}.made").touch()
+        migrate(database_url_for(name))
+        admin_execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false IS_TEMPLATE true')
+    return name
+
+
+def drop_template() -> None:
+    """Drops the run's template, if any process of the run made one."""
+    name = template_name()
+    made = TEMPLATE_DIR / f"{name}.made"
+    if not made.exists():
+        return
+    if admin_execute(f"SELECT 1 FROM pg_database WHERE datname = '{name}'"):
+        admin_execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false', f'DROP DATABASE "{name}"')
+    made.unlink()
+    (TEMPLATE_DIR / f"{name}.lock").unlink(missing_ok=True)
+
+
+def create_database(name: str) -> str:
+    """A fresh, migrated database (a copy of the run's template); its URL."""
+    admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template()}"')
+    return database_url_for(name)
+
+
 @pytest.fixture(scope="session")
 async def database_url(run_id: str) -> AsyncIterator[str]:
-    """A fresh, migrated database for this test run."""
+    """A fresh, migrated database for this test session."""
     name = f"imgsvc_test_{run_id}"
-    url = database_url_for(name)
-    migrate(url)
+    url = await asyncio.to_thread(create_database, name)
     yield url
     await drop_database(name)
 

@@ -28,7 +28,7 @@ from service.entrypoints import worker as worker_process
 from service.runtime import tracing
 from service.runtime.settings import Settings
 from tests import support
-from tests.conftest import AMQP_URL, database_url_for, drop_database, migrate
+from tests.conftest import AMQP_URL, create_database, drop_database
 from tests.e2e.client import create_ready_image, folder, wait_done
 from tests.faults.cluster import free_port
 from tests.support import BearerAuth, eventually
@@ -41,8 +41,7 @@ IMAGE_SERVICE = "yandex.cloud.baremetal.v1alpha.ImageService"
 @pytest.fixture(scope="module")
 async def private_database(run_id: str) -> AsyncIterator[str]:
     name = f"imgsvc_test_{run_id}_traces"
-    url = database_url_for(name)
-    await asyncio.to_thread(migrate, url)
+    url = await asyncio.to_thread(create_database, name)
     yield url
     await drop_database(name)
 

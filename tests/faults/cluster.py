@@ -116,13 +116,26 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+def _port_range(low: int, high: int) -> tuple[int, int]:
+    """This process's share of [low, high): each xdist worker of a run draws from a slice of its
+    own, so two workers never pick the same port between its check and its bind."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2:
+        return low, high
+    size = (high - low) // count
+    start = low + int(worker[2:]) % count * size
+    return start, start + size
+
+
 def free_port() -> int:
     """A currently free TCP port below the ephemeral range, not handed out before."""
     floor = _ephemeral_port_floor()
     rng = random.SystemRandom()
     if floor > 20000:
+        low, high = _port_range(20000, floor)
         for _ in range(500):
-            port = rng.randrange(20000, floor)
+            port = rng.randrange(low, high)
             if port in _ports_handed_out or port in _PORTS_TO_AVOID:
                 continue
             if _port_is_free(port):

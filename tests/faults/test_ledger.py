@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from tests.conftest import ADMIN_DATABASE_URL, database_url_for, drop_database, migrate
+from tests.conftest import ADMIN_DATABASE_URL, create_database, drop_database
 from tests.faults.cluster import PG_BIN
 from tests.faults.load import (
     Accepted,
@@ -41,8 +41,7 @@ def test_replay_applies_changes_in_order_and_replaces_labels():
 @pytest.fixture
 async def ledger_db():
     name = f"imgsvc_ledger_{uuid.uuid4().hex[:8]}"
-    url = database_url_for(name)
-    migrate(url)
+    url = await asyncio.to_thread(create_database, name)
     conn = await asyncpg.connect(url)
     yield url, conn
     await conn.close()

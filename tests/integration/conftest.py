@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,7 +11,7 @@ import pytest
 
 from service.adapters.postgres import Postgres
 from service.adapters.postgres.database import Database
-from tests.conftest import database_url_for, drop_database, migrate
+from tests.conftest import create_database, drop_database
 
 
 @pytest.fixture
@@ -34,8 +35,7 @@ async def own_database(run_id: str, label: str) -> AsyncIterator[tuple[str, asyn
     operations from under it.
     """
     name = f"imgsvc_test_{run_id}_{label}"
-    url = database_url_for(name)
-    migrate(url)
+    url = await asyncio.to_thread(create_database, name)
     pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
     try:
         yield url, pool
