@@ -138,4 +138,7 @@ async def test_relays_running_together_never_send_one_operation_twice(
     sent = Counter(i for b in brokers for i in b.published if i in operations)
     assert set(sent) == set(operations)
     assert max(sent.values()) == 1, [i for i, n in sent.items() if n > 1]
-    assert sorted(sent_counts) == [RELAY_BATCH // 2, RELAY_BATCH, RELAY_BATCH], sent_counts
+    # Each relay sent the batch it held (claims skip the rows another claim holds at that
+    # moment, so a batch may come out a row or two short and the rest go to another).
+    assert all(count > 0 for count in sent_counts), sent_counts
+    assert sum(sent_counts) == len(operations), sent_counts
