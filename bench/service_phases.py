@@ -24,6 +24,7 @@ from bench.scrape import Scraper
 from bench.stack import (
     ADMIN_URL,
     AMQP_URL,
+    CpuSample,
     Process,
     _env,
     cpu_per_call,
@@ -31,7 +32,7 @@ from bench.stack import (
     migrate_and_token,
     run_phase,
     split,
-    stack_cpu,
+    stack_sample,
 )
 
 
@@ -106,18 +107,24 @@ def run_service_phases(args: argparse.Namespace, run: str, logs: Path, out: Path
                 ]
 
             own = {"echo": echo, "api": api, "worker": worker}
+
+            def stack_cpu() -> CpuSample:
+                """Our processes, RabbitMQ, and the PostgreSQL processes serving this
+                database or the whole server (not other databases' backends)."""
+                return stack_sample(own, database)
+
             run_phase(pool, jobs("echo", echo_address, seconds=1))  # warm-up
-            cpu_before = stack_cpu(own)
+            cpu_before = stack_cpu()
             echo_result = run_phase(pool, jobs("echo", echo_address))
             echo_rate = echo_result.calls / echo_result.seconds
-            echo_cpu = cpu_per_call(cpu_before, stack_cpu(own), echo_result.calls)
+            echo_cpu = cpu_per_call(cpu_before, stack_cpu(), echo_result.calls)
 
             first, rest = image_ids[:budget], image_ids[budget:]
             update_jobs = [
                 Job("update", api_address, token, args.seconds, args.concurrency, image_ids=part)
                 for part in split(first, args.processes)
             ]
-            cpu_before = stack_cpu(own)
+            cpu_before = stack_cpu()
             update_result = run_phase(pool, update_jobs)
             update_rate = update_result.calls / update_result.seconds
 
@@ -125,16 +132,16 @@ def run_service_phases(args: argparse.Namespace, run: str, logs: Path, out: Path
                 seed_and_drain.drain(url)
             )  # the Updates above finish before anything is timed again
             # Counted to the end of the drain: every accepted Update's whole cost, applied.
-            update_cpu = cpu_per_call(cpu_before, stack_cpu(own), update_result.calls)
+            update_cpu = cpu_per_call(cpu_before, stack_cpu(), update_result.calls)
             mix = update_result.operation_ids[:5000] + unfinished
-            cpu_before = stack_cpu(own)
+            cpu_before = stack_cpu()
             get_result = run_phase(pool, jobs("get", api_address, operation_ids=mix))
             get_rate = get_result.calls / get_result.seconds
-            get_cpu = cpu_per_call(cpu_before, stack_cpu(own), get_result.calls)
-            cpu_before = stack_cpu(own)
+            get_cpu = cpu_per_call(cpu_before, stack_cpu(), get_result.calls)
+            cpu_before = stack_cpu()
             rest_result = run_phase(pool, jobs("rest_get", http_address, operation_ids=mix))
             rest_rate = rest_result.calls / rest_result.seconds
-            rest_cpu = cpu_per_call(cpu_before, stack_cpu(own), rest_result.calls)
+            rest_cpu = cpu_per_call(cpu_before, stack_cpu(), rest_result.calls)
             metrics_ab = (
                 metrics_overhead.metrics_overhead(
                     pool, args, env_info, logs, token, url, mix, processes
