@@ -1,5 +1,6 @@
 """The phases of ``python -m bench`` on a stack of its own: the echo ceiling, Updates accepted,
-Get over gRPC and over REST, Update -> done latency, the soak, and a large Create."""
+Get over gRPC and over REST, Update -> done latency (at 50/s and at half the Update rate), the
+sustained phase, the soak, and a large Create."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from typing import Any
 
 import grpc
 
-from bench import metrics_overhead, seed_and_drain
-from bench.load import Job
+from bench import goals, metrics_overhead, seed_and_drain, sustained
+from bench.load import Job, Result
 from bench.scrape import Scraper
 from bench.stack import (
     ADMIN_URL,
@@ -150,20 +151,45 @@ def run_service_phases(args: argparse.Namespace, run: str, logs: Path, out: Path
                 else None
             )
 
+            def latency_phase(rate: float) -> Result:
+                """Update -> done (WaitOperation), Updates started at ``rate`` per second."""
+                latency_jobs = [
+                    Job(
+                        "latency",
+                        api_address,
+                        token,
+                        args.seconds,
+                        0,
+                        image_ids=part,
+                        rate=rate / args.processes,
+                    )
+                    for part in split(rest[:budget], args.processes)
+                ]
+                latency_result = run_phase(pool, latency_jobs)
+                asyncio.run(seed_and_drain.drain(url))
+                return latency_result
+
+            fixed_result = latency_phase(goals.LATENCY_RATE)  # round three's goal 4
             target = args.latency_rate or max(update_rate / 2, 1.0)
-            latency_jobs = [
-                Job(
-                    "latency",
-                    api_address,
-                    token,
-                    args.seconds,
-                    0,
-                    image_ids=part,
-                    rate=target / args.processes,
+            latency_result = latency_phase(target)
+
+            sustained_rate = args.sustained_rate * echo_rate
+            sustained_images = asyncio.run(
+                seed_and_drain.insert_images(
+                    url, sustained.images_needed(sustained_rate, args.processes)
                 )
-                for part in split(rest[:budget], args.processes)
-            ]
-            latency_result = run_phase(pool, latency_jobs)
+            )
+            sustained_figures = sustained.run(
+                pool,
+                args.processes,
+                address=api_address,
+                token=token,
+                seconds=args.sustained_seconds,
+                rate=sustained_rate,
+                image_ids=sustained_images,
+                follow=args.sustained_follow,
+            )
+            sustained_figures["fraction_of_echo"] = args.sustained_rate
             asyncio.run(seed_and_drain.drain(url))
 
             rss_start = {"api": api.rss_mb(), "worker": worker.rss_mb()}
@@ -210,6 +236,13 @@ def run_service_phases(args: argparse.Namespace, run: str, logs: Path, out: Path
             "latency_p50_ms": round(percentile(latency_result.latencies, 0.5) * 1000, 1),
             "latency_p99_ms": round(percentile(latency_result.latencies, 0.99) * 1000, 1),
             "latency_samples": len(latency_result.latencies),
+            "latency_fixed": {
+                "rate_per_second": goals.LATENCY_RATE,
+                "p50_ms": round(percentile(fixed_result.latencies, 0.5) * 1000, 1),
+                "p99_ms": round(percentile(fixed_result.latencies, 0.99) * 1000, 1),
+                "samples": len(fixed_result.latencies),
+            },
+            "sustained": sustained_figures,
             "rss_mb_start": {k: round(v, 1) for k, v in rss_start.items()},
             "rss_mb_end": {k: round(v, 1) for k, v in rss_end.items()},
             "rss_growth_percent": {
@@ -225,6 +258,7 @@ def run_service_phases(args: argparse.Namespace, run: str, logs: Path, out: Path
                 "update": update_result.error_codes,
                 "get": get_result.error_codes,
                 "rest_get": rest_result.error_codes,
+                "latency_fixed": fixed_result.error_codes,
                 "latency": latency_result.error_codes,
                 "soak": soak_result.error_codes,
             },
