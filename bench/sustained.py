@@ -25,6 +25,7 @@ import collections
 import math
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,49 +149,70 @@ def run_job(job: SustainedJob) -> SustainedResult:
 
 async def _offer(job: SustainedJob) -> SustainedResult:
     result = SustainedResult()
-    images = collections.deque(job.image_ids)
-    slots = asyncio.Semaphore(job.in_flight)
-    tasks: set[asyncio.Task[None]] = set()
     options = [("grpc.max_concurrent_streams", 1000)]
     async with grpc.aio.insecure_channel(job.address, options=options) as channel:
         await channel.channel_ready()
-        follow = _Follower(channel, job, result)
-        total = max(1, int(job.seconds * job.rate))
-        start = time.perf_counter() + 0.05
-        end = start + job.seconds
-        result.scheduled = total
+        follower = _Follower(channel, job, result)
+        images = collections.deque(job.image_ids)
+        follow = follower.update_until_done
+        await offer(job.seconds, job.rate, job.in_flight, images, follow, result)
+    return result
 
-        def finished(task: asyncio.Task[None]) -> None:
-            tasks.discard(task)
-            slots.release()
-            if (exc := task.exception()) is not None:  # not a status: counted, not lost
-                _count(result.follow_errors, type(exc).__name__)
 
-        for i in range(total):
-            due = start + i / job.rate
-            now = time.perf_counter()
-            if now < due:
-                await asyncio.sleep(due - now)
+Follow = Callable[[float, str, "collections.deque[str]"], Coroutine[Any, Any, None]]
+
+
+async def offer(
+    seconds: float,
+    rate: float,
+    in_flight: int,
+    images: collections.deque[str],
+    follow: Follow,
+    result: SustainedResult,
+) -> None:
+    """The open loop: ``follow(due, image_id, images)`` for each Update on schedule (it hands
+    the image back when it may take another Update), at most ``in_flight`` unfinished; the
+    counts go to ``result``. Returns when every Update sent is finished."""
+    slots = asyncio.Semaphore(in_flight)
+    tasks: set[asyncio.Task[None]] = set()
+    total = max(1, int(seconds * rate))
+    start = time.perf_counter() + 0.05
+    end = start + seconds
+    result.scheduled = total
+
+    def finished(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        slots.release()
+        if (exc := task.exception()) is not None:  # not a status: counted, not lost
+            _count(result.follow_errors, type(exc).__name__)
+
+    for i in range(total):
+        due = start + i / rate
+        now = time.perf_counter()
+        if now < due:
+            await asyncio.sleep(due - now)
+        if slots.locked():  # the bound is full: wait for a slot, until the schedule ends
             try:
                 await asyncio.wait_for(slots.acquire(), timeout=max(end - time.perf_counter(), 0))
             except TimeoutError:
-                result.not_sent = total - i  # still waiting for a slot when the schedule ended
-                break
-            if not images:
-                slots.release()
                 result.not_sent = total - i
                 break
-            late = time.perf_counter() - due
-            if late > LATE_SECONDS:
-                result.late += 1
-                result.max_late_ms = max(result.max_late_ms, late * 1000)
-            result.sent += 1
-            task = asyncio.create_task(follow.update_until_done(due, images.popleft(), images))
-            tasks.add(task)
-            task.add_done_callback(finished)
-        if tasks:
-            await asyncio.wait(tasks)
-    return result
+        else:
+            await slots.acquire()
+        if not images:
+            slots.release()
+            result.not_sent = total - i
+            break
+        late = time.perf_counter() - due
+        if late > LATE_SECONDS:
+            result.late += 1
+            result.max_late_ms = max(result.max_late_ms, late * 1000)
+        result.sent += 1
+        task = asyncio.create_task(follow(due, images.popleft(), images))
+        tasks.add(task)
+        task.add_done_callback(finished)
+    if tasks:
+        await asyncio.wait(tasks)
 
 
 class _Follower:
