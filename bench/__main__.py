@@ -58,7 +58,8 @@ def main() -> int:
         "--latency-rate",
         type=float,
         default=None,
-        help="Updates per second of the latency phase (default: half the Update rate measured)",
+        help="Updates per second of the second latency phase (default: half the Update rate"
+        " measured; the first, round three's goal 4, runs at 50/s)",
     )
     parser.add_argument(
         "--sustained-seconds",
@@ -109,6 +110,8 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="seconds-long phases, no verdicts")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file")
     args = parser.parse_args()
+    if args.sustained_rate <= 0 or args.sustained_seconds <= 0:
+        parser.error("--sustained-rate and --sustained-seconds must be above 0")
     if args.smoke:
         args.seconds, args.soak, args.sustained_seconds = 2, 3, 2
 
