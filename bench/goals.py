@@ -219,6 +219,15 @@ def _sustained(s: dict[str, Any], echo_rate: float, row: Any) -> list[Goal]:
             None,
         ),
         row(
+            "   Update -> done p99, timed from the send",
+            s["from_send_p99_ms"],
+            "ms",
+            math.nan,
+            "",
+            "",
+            None,
+        ),
+        row(
             "   Updates refused" + (f" ({by_code})" if by_code else ""),
             s["refused_total"],
             "",

@@ -38,6 +38,8 @@ def figures(**changes: Any) -> dict[str, Any]:
             "p50_ms": 20.0,
             "p99_ms": 80.0,
             "max_ms": 150.0,
+            "from_send_p50_ms": 20.0,
+            "from_send_p99_ms": 80.0,
         },
     }
     return base | changes
