@@ -7,8 +7,11 @@ same load generator (separate processes):
 1. echo: unary echo calls per second, the ceiling for Python gRPC here;
 2. update: Updates accepted per second (each durably recorded and enqueued; workers running);
 3. get: OperationService.Get per second over a mix of finished and unfinished operations;
-4. latency: Update -> done as a client sees it (WaitOperation), at half the Update rate;
-5. soak: a steady mixed load, with the RSS of the API and the worker at its start and end.
+4. latency: Update -> done as a client sees it (WaitOperation), at 50/s and at half the
+   Update rate;
+5. sustained: Updates offered at a fixed rate (a fraction of echo's) for a minute by an
+   open-loop generator, each followed to done (``bench.sustained``);
+6. soak: a steady mixed load, with the RSS of the API and the worker at its start and end.
 
 Then, unless skipped: the same API against a conventional Celery build, by the same
 SDK-shaped client (``bench.compare``: Updates at 8, 32 and 128 in flight, Get, the polling
@@ -23,7 +26,9 @@ the same operations, beside the gRPC Get figure.
 more API processes, one with metrics on (scraped every second) and one without, by the Get and
 Update rates and the API's CPU per call, alternating which goes first.
 
-It prints a table with each figure and its ratio to the echo ceiling, and writes JSON.
+It prints a table with each figure and its ratio to the echo ceiling, round two's targets,
+and last round three's goals (``bench.goals``), each with its figure, its ratio, its target and
+a verdict; it writes the same as JSON. ``--smoke`` judges nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from bench import compare, scale
+from bench import compare, goals, scale
 from bench.run_report import print_report
 from bench.service_phases import run_service_phases
 from bench.stack import ROOT
@@ -53,7 +58,29 @@ def main() -> int:
         "--latency-rate",
         type=float,
         default=None,
-        help="Updates per second of the latency phase (default: half the Update rate measured)",
+        help="Updates per second of the second latency phase (default: half the Update rate"
+        " measured; the first, round three's goal 4, runs at 50/s)",
+    )
+    parser.add_argument(
+        "--sustained-seconds",
+        type=float,
+        default=60,
+        help="length of the sustained phase (round three's goal 2)",
+    )
+    parser.add_argument(
+        "--sustained-rate",
+        type=float,
+        default=goals.SUSTAINED_RATE,
+        metavar="FRACTION",
+        help=f"Updates offered per second in the sustained phase, as a fraction of echo's calls"
+        f" per second (default {goals.SUSTAINED_RATE:g})",
+    )
+    parser.add_argument(
+        "--sustained-follow",
+        choices=("wait", "poll"),
+        default="wait",
+        help="follow each sustained Update with WaitOperation (default) or with"
+        " OperationService.Get every 5 ms",
     )
     parser.add_argument(
         "--metrics",
@@ -83,8 +110,10 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="seconds-long phases, no verdicts")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file")
     args = parser.parse_args()
+    if args.sustained_rate <= 0 or args.sustained_seconds <= 0:
+        parser.error("--sustained-rate and --sustained-seconds must be above 0")
     if args.smoke:
-        args.seconds, args.soak = 2, 3
+        args.seconds, args.soak, args.sustained_seconds = 2, 3, 2
 
     run = uuid.uuid4().hex[:8]
     logs = Path(os.environ.get("BENCH_LOGS", f"/tmp/bench-{run}"))
@@ -107,8 +136,10 @@ def main() -> int:
     echo_cpu = figures["cpu_us_per_echo"]["echo"]
     update_cpu = sum(figures["cpu_us_per_update"].values())
     figures["update_cpu_ratio_to_echo"] = round(update_cpu / max(echo_cpu, 1), 2)
+    round_three = goals.round_three(figures, judged=not args.smoke)
+    figures["round_three"] = goals.as_json(round_three)
     out.write_text(json.dumps(figures, indent=2))
-    print_report(figures, phases.rss_start, phases.rss_end)
+    print_report(figures, phases.rss_start, phases.rss_end, round_three, judged=not args.smoke)
     print(f"JSON: {out}")
     return 0
 

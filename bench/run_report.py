@@ -1,18 +1,27 @@
 """What ``python -m bench`` prints: each figure with its ratio to the echo ceiling, the CPU
 per call by process, the metrics comparison, the errors, then the comparison's and the scale
-phases' tables."""
+phases' tables (with round two's targets), and last round three's goals (``bench.goals``).
+
+A smoke run judges nothing: every verdict reads "not judged (smoke)"."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from bench import compare, scale_report
+from bench import compare, goals, scale_report
 
 
 def print_report(
-    figures: dict[str, Any], rss_start: dict[str, float], rss_end: dict[str, float]
+    figures: dict[str, Any],
+    rss_start: dict[str, float],
+    rss_end: dict[str, float],
+    round_three: list[goals.Goal],
+    judged: bool = True,
 ) -> None:
+    def _verdict(met: bool, target: str) -> str:
+        return f"  (round two, {target}: {'met' if met else 'missed'})" if judged else ""
+
     update_cpu = sum(figures["cpu_us_per_update"].values())
     large = figures["large_create"]
     metrics_ab = figures["metrics_ab"]
@@ -94,13 +103,12 @@ def print_report(
     print(f"errors: {json.dumps(figures['errors'])}")
     if "compare" in figures:
         print(
-            "\nAgainst a conventional Celery build (bench.compare), one load process, SDK-shaped:"
+            "\nAgainst a conventional Celery build (bench.compare), one load process, SDK-shaped"
+            " (round two's targets):"
         )
-        print(compare.table(figures["compare"]))
+        print(compare.table(figures["compare"], judged))
     if "scale" in figures:
-        print("\nCost at scale (bench.scale), whole-stack CPU per Update:")
-        print(scale_report.table(figures["scale"]))
-
-
-def _verdict(met: bool, target: str) -> str:
-    return f"  (target {target}: {'met' if met else 'missed'})"
+        print("\nCost at scale (bench.scale), whole-stack CPU per Update (round two's target):")
+        print(scale_report.table(figures["scale"], judged))
+    print("\nRound three: the goals (every ratio within this run)")
+    print(goals.table(round_three))

@@ -129,7 +129,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     figures = run(args.smoke, restart_worker=args.restart_worker)
     out.write_text(json.dumps(figures, indent=2))
-    print(scale_report.table(figures))
+    print(scale_report.table(figures, judged=not args.smoke))
     print(f"JSON: {out}")
     return 0
 

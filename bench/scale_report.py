@@ -9,9 +9,9 @@ def _split(cpu: dict[str, int], roles: tuple[str, ...]) -> str:
     return "/".join(str(cpu.get(role, 0)) for role in roles)
 
 
-def table(figures: dict[str, Any]) -> str:
-    """The phases side by side (each its median repeat), the verdict, and what each setup
-    took."""
+def table(figures: dict[str, Any], judged: bool = True) -> str:
+    """The phases side by side (each its median repeat), the verdict (unless a smoke run:
+    not judged), and what each setup took."""
     header = (
         f"{'phase':<20} {'accept µs/Update':>16} {'(api/pg/rmq)':>15} {'accepted/s':>10}"
         f" {'apply µs/op':>11} {'(worker/pg/rmq/api)':>20} {'total µs':>8} {'ratio':>5}"
@@ -29,7 +29,7 @@ def table(figures: dict[str, Any]) -> str:
             f" {p['total_us']:>8} {p['ratio_to_first']:>5.2f}  "
             + " ".join(str(total) for total in p["total_us_repeats"])
         )
-    verdict = "met" if figures["target_met"] else "missed"
+    verdict = ("met" if figures["target_met"] else "missed") if judged else "not judged (smoke)"
     lines.append(
         f"target: every total within {figures['target_ratio']}x of the others: {verdict}"
         f" (largest/smallest {figures['spread']:.2f})"

@@ -1,5 +1,6 @@
 """The phases of ``python -m bench`` on a stack of its own: the echo ceiling, Updates accepted,
-Get over gRPC and over REST, Update -> done latency, the soak, and a large Create."""
+Get over gRPC and over REST, Update -> done latency (at 50/s and at half the Update rate), the
+sustained phase, the soak, and a large Create."""
 
 from __future__ import annotations
 
@@ -18,12 +19,13 @@ from typing import Any
 
 import grpc
 
-from bench import metrics_overhead, seed_and_drain
-from bench.load import Job
+from bench import goals, metrics_overhead, seed_and_drain, sustained
+from bench.load import Job, Result
 from bench.scrape import Scraper
 from bench.stack import (
     ADMIN_URL,
     AMQP_URL,
+    CpuSample,
     Process,
     _env,
     cpu_per_call,
@@ -31,7 +33,7 @@ from bench.stack import (
     migrate_and_token,
     run_phase,
     split,
-    stack_cpu,
+    stack_sample,
 )
 
 
@@ -106,18 +108,24 @@ def run_service_phases(args: argparse.Namespace, run: str, logs: Path, out: Path
                 ]
 
             own = {"echo": echo, "api": api, "worker": worker}
+
+            def stack_cpu() -> CpuSample:
+                """Our processes, RabbitMQ, and the PostgreSQL processes serving this
+                database or the whole server (not other databases' backends)."""
+                return stack_sample(own, database)
+
             run_phase(pool, jobs("echo", echo_address, seconds=1))  # warm-up
-            cpu_before = stack_cpu(own)
+            cpu_before = stack_cpu()
             echo_result = run_phase(pool, jobs("echo", echo_address))
             echo_rate = echo_result.calls / echo_result.seconds
-            echo_cpu = cpu_per_call(cpu_before, stack_cpu(own), echo_result.calls)
+            echo_cpu = cpu_per_call(cpu_before, stack_cpu(), echo_result.calls)
 
             first, rest = image_ids[:budget], image_ids[budget:]
             update_jobs = [
                 Job("update", api_address, token, args.seconds, args.concurrency, image_ids=part)
                 for part in split(first, args.processes)
             ]
-            cpu_before = stack_cpu(own)
+            cpu_before = stack_cpu()
             update_result = run_phase(pool, update_jobs)
             update_rate = update_result.calls / update_result.seconds
 
@@ -125,16 +133,16 @@ def run_service_phases(args: argparse.Namespace, run: str, logs: Path, out: Path
                 seed_and_drain.drain(url)
             )  # the Updates above finish before anything is timed again
             # Counted to the end of the drain: every accepted Update's whole cost, applied.
-            update_cpu = cpu_per_call(cpu_before, stack_cpu(own), update_result.calls)
+            update_cpu = cpu_per_call(cpu_before, stack_cpu(), update_result.calls)
             mix = update_result.operation_ids[:5000] + unfinished
-            cpu_before = stack_cpu(own)
+            cpu_before = stack_cpu()
             get_result = run_phase(pool, jobs("get", api_address, operation_ids=mix))
             get_rate = get_result.calls / get_result.seconds
-            get_cpu = cpu_per_call(cpu_before, stack_cpu(own), get_result.calls)
-            cpu_before = stack_cpu(own)
+            get_cpu = cpu_per_call(cpu_before, stack_cpu(), get_result.calls)
+            cpu_before = stack_cpu()
             rest_result = run_phase(pool, jobs("rest_get", http_address, operation_ids=mix))
             rest_rate = rest_result.calls / rest_result.seconds
-            rest_cpu = cpu_per_call(cpu_before, stack_cpu(own), rest_result.calls)
+            rest_cpu = cpu_per_call(cpu_before, stack_cpu(), rest_result.calls)
             metrics_ab = (
                 metrics_overhead.metrics_overhead(
                     pool, args, env_info, logs, token, url, mix, processes
@@ -143,20 +151,45 @@ def run_service_phases(args: argparse.Namespace, run: str, logs: Path, out: Path
                 else None
             )
 
+            def latency_phase(rate: float) -> Result:
+                """Update -> done (WaitOperation), Updates started at ``rate`` per second."""
+                latency_jobs = [
+                    Job(
+                        "latency",
+                        api_address,
+                        token,
+                        args.seconds,
+                        0,
+                        image_ids=part,
+                        rate=rate / args.processes,
+                    )
+                    for part in split(rest[:budget], args.processes)
+                ]
+                latency_result = run_phase(pool, latency_jobs)
+                asyncio.run(seed_and_drain.drain(url))
+                return latency_result
+
+            fixed_result = latency_phase(goals.LATENCY_RATE)  # round three's goal 4
             target = args.latency_rate or max(update_rate / 2, 1.0)
-            latency_jobs = [
-                Job(
-                    "latency",
-                    api_address,
-                    token,
-                    args.seconds,
-                    0,
-                    image_ids=part,
-                    rate=target / args.processes,
+            latency_result = latency_phase(target)
+
+            sustained_rate = args.sustained_rate * echo_rate
+            sustained_images = asyncio.run(
+                seed_and_drain.insert_images(
+                    url, sustained.images_needed(sustained_rate, args.processes)
                 )
-                for part in split(rest[:budget], args.processes)
-            ]
-            latency_result = run_phase(pool, latency_jobs)
+            )
+            sustained_figures = sustained.run(
+                pool,
+                args.processes,
+                address=api_address,
+                token=token,
+                seconds=args.sustained_seconds,
+                rate=sustained_rate,
+                image_ids=sustained_images,
+                follow=args.sustained_follow,
+            )
+            sustained_figures["fraction_of_echo"] = args.sustained_rate
             asyncio.run(seed_and_drain.drain(url))
 
             rss_start = {"api": api.rss_mb(), "worker": worker.rss_mb()}
@@ -203,6 +236,13 @@ def run_service_phases(args: argparse.Namespace, run: str, logs: Path, out: Path
             "latency_p50_ms": round(percentile(latency_result.latencies, 0.5) * 1000, 1),
             "latency_p99_ms": round(percentile(latency_result.latencies, 0.99) * 1000, 1),
             "latency_samples": len(latency_result.latencies),
+            "latency_fixed": {
+                "rate_per_second": goals.LATENCY_RATE,
+                "p50_ms": round(percentile(fixed_result.latencies, 0.5) * 1000, 1),
+                "p99_ms": round(percentile(fixed_result.latencies, 0.99) * 1000, 1),
+                "samples": len(fixed_result.latencies),
+            },
+            "sustained": sustained_figures,
             "rss_mb_start": {k: round(v, 1) for k, v in rss_start.items()},
             "rss_mb_end": {k: round(v, 1) for k, v in rss_end.items()},
             "rss_growth_percent": {
@@ -218,6 +258,7 @@ def run_service_phases(args: argparse.Namespace, run: str, logs: Path, out: Path
                 "update": update_result.error_codes,
                 "get": get_result.error_codes,
                 "rest_get": rest_result.error_codes,
+                "latency_fixed": fixed_result.error_codes,
                 "latency": latency_result.error_codes,
                 "soak": soak_result.error_codes,
             },

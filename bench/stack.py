@@ -96,29 +96,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def stack_cpu(own: dict[str, Process]) -> dict[str, float]:
-    """CPU seconds so far of our processes, and of PostgreSQL's and RabbitMQ's (by name)."""
-    totals = {name: cpu_seconds(process.proc.pid) for name, process in own.items()}
-    totals |= {"postgres": 0.0, "rabbitmq": 0.0}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "comm").read_text().strip()
-        except OSError:
-            continue
-        if command.startswith("postgres"):
-            totals["postgres"] += cpu_seconds(int(entry.name))
-        elif command.startswith("beam"):
-            totals["rabbitmq"] += cpu_seconds(int(entry.name))
-    return totals
-
-
-def cpu_per_call(before: dict[str, float], after: dict[str, float], calls: int) -> dict[str, int]:
-    """Microseconds of CPU per call, by process (backends that exited meanwhile not counted)."""
-    return {name: round((after[name] - before[name]) / max(calls, 1) * 1e6) for name in after}
-
-
 def run_phase(pool: ProcessPoolExecutor, jobs: list[Job]) -> Result:
     total = Result()
     for result in pool.map(run_job, jobs):
@@ -191,3 +168,11 @@ def cpu_between(before: CpuSample, after: CpuSample) -> dict[str, float]:
     for (role, pid), seconds in after.items():
         used[role] = used.get(role, 0.0) + seconds - before.get((role, pid), 0.0)
     return used
+
+
+def cpu_per_call(before: CpuSample, after: CpuSample, calls: int) -> dict[str, int]:
+    """Microseconds of CPU per call, by role, between two samples."""
+    return {
+        role: round(seconds / max(calls, 1) * 1e6)
+        for role, seconds in cpu_between(before, after).items()
+    }
