@@ -32,7 +32,7 @@ from service.usecases.auth import Authenticator
 from service.usecases.execute import Executor
 from service.usecases.images import Images
 from service.usecases.operations import Encoded, Operations
-from service.usecases.outbox import PublishedMarks
+from service.usecases.outbox import PublishedMarks, published_marks_interval
 from service.usecases.recent import RecentOperations
 
 # How long the workers wait for the broker at start-up before they go on (the database's
@@ -122,7 +122,7 @@ def build_api(
     encoded).
     """
     settings, postgres = infra.settings, infra.postgres
-    marks = PublishedMarks(postgres.outbox)
+    marks = PublishedMarks(postgres.outbox, published_marks_interval(settings.outbox_grace_seconds))
     infra.supervisor.start("published-marks", marks.run)
     waiters = OperationWaiters()
     # The per-folder quota is the API's setting: the workers accept nothing.

@@ -268,6 +268,7 @@ READ_BY_BOTH = frozenset(
         "db_command_timeout_seconds",
         "startup_timeout_seconds",
         "publish_timeout_seconds",  # the API's publish; the workers' relay
+        "outbox_grace_seconds",  # the workers' relay waits it; the API marks within a quarter
         "download_allowed_networks",  # the API checks a source, the workers download it
         "operation_retention_seconds",
         "health_interval_seconds",
@@ -309,7 +310,6 @@ READ_BY_WORKERS_ONLY = frozenset(
         "consumer_watch_interval_seconds",
         "consumer_stall_seconds",
         "outbox_interval_seconds",
-        "outbox_grace_seconds",
         "sweep_interval_seconds",
         "republish_after_seconds",
         "idempotency_ttl_seconds",

@@ -25,11 +25,30 @@ RELAY_BATCH = 200
 RELAY_CLAIM_SECONDS = 30.0
 
 
+# How long the API gathers published operations before it marks them: a quarter of the
+# relay's grace (``OUTBOX_GRACE_SECONDS``), so a mark lands long before the relay would send
+# the operation again, and at most half a second, so the outbox and its gauge are that fresh.
+MARKS_SHARE_OF_GRACE = 0.25
+MARKS_INTERVAL_MAX = 0.5
+MARKS_INTERVAL_MIN = 0.01
+
+
+def published_marks_interval(relay_grace_seconds: float) -> float:
+    """The gathering interval of ``PublishedMarks`` for a relay that waits
+    ``relay_grace_seconds`` before it sends an unmarked operation."""
+    share = relay_grace_seconds * MARKS_SHARE_OF_GRACE
+    return max(MARKS_INTERVAL_MIN, min(MARKS_INTERVAL_MAX, share))
+
+
 class PublishedMarks:
     """Marks published operations in batches, off the request path.
 
-    One UPDATE per request would double the database work of an Update; a batch every few
-    milliseconds costs one statement for many. ``run`` is the background task.
+    One UPDATE per request would double the database work of an Update; a batch every
+    ``interval`` costs one statement for many. The wait also spares rows: an operation a worker
+    finished meanwhile needs no mark (the relay looks at unfinished ones only), and the
+    statement skips it, so it gets no row version of its own (with the API's interval,
+    ``published_marks_interval``, most operations are finished first when the workers keep
+    up). ``run`` is the background task.
     """
 
     def __init__(self, outbox: Outbox, interval: float = 0.01, batch: int = 1000) -> None:

@@ -7,12 +7,13 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from service.domain.model import Operation, OperationKind
+from service.domain.model import ImageStatus, Operation, OperationKind
 from service.usecases.outbox import (
     RELAY_BATCH,
     RELAY_CLAIM_SECONDS,
     PublishedMarks,
     publish_pending,
+    published_marks_interval,
     requeue_abandoned,
 )
 from tests.unit.fakes import FakePublisher, FakeQueue, FakeStore, until
@@ -93,6 +94,28 @@ async def test_the_background_task_marks_what_arrives_together_in_one_batch(stor
     finally:
         running.cancel()
     assert store.mark_batches == [[o.id for o in operations]]
+
+
+async def test_an_operation_finished_before_the_flush_is_not_marked(store: FakeStore):
+    image = store.add_image(status=ImageStatus.UPDATING)
+    finished = store.add_operation(UPDATE, image.id, request={"description": "d"})
+    [waiting] = pending(store, 1)
+    marks = PublishedMarks(store)
+    marks.add(finished.id)
+    marks.add(waiting.id)
+    assert await store.apply_updates([finished.id]) == [True]
+    await marks.flush()
+    assert published(store, [finished, waiting]) == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("grace", "interval"),
+    [(2.0, 0.5), (0.5, 0.125), (0.2, 0.05), (60.0, 0.5), (0.0, 0.01), (0.02, 0.01)],
+)
+def test_marks_are_gathered_for_a_quarter_of_the_relays_grace_within_bounds(
+    grace: float, interval: float
+):
+    assert published_marks_interval(grace) == pytest.approx(interval)
 
 
 # --- publish_pending ------------------------------------------------------------------------
