@@ -159,12 +159,21 @@ async def test_the_counters_match_the_calls_made_and_every_update_is_timed(stack
     assert len(updates) == IMAGES * UPDATES_PER_IMAGE
     assert {code for _, code in counter.calls} >= {"OK", "INVALID_ARGUMENT", "NOT_FOUND"}
 
-    api = scrape(stack.api_metrics)
-    for (method, code), calls in counter.calls.items():
+    # The server counts a call once its answer is sent, so the client can hear the last answer
+    # a moment before it is counted: wait until every call made is counted, then compare.
+    def handled(scraped: dict, method: str, code: str) -> float:
         service, name = method.lstrip("/").rsplit("/", 1)
         labels = {"grpc_type": "unary", "grpc_service": service, "grpc_method": name}
-        handled = value(api, "grpc_server_handled_total", **labels, grpc_code=GO_CODE_NAMES[code])
-        assert handled == calls, (method, code)
+        return value(scraped, "grpc_server_handled_total", **labels, grpc_code=GO_CODE_NAMES[code])
+
+    async def api_counted_every_call() -> dict | None:
+        scraped = scrape(stack.api_metrics)
+        counted = all(handled(scraped, m, c) >= n for (m, c), n in counter.calls.items())
+        return scraped if counted else None
+
+    api = await eventually(api_counted_every_call, what="the API to count every call")
+    for (method, code), calls in counter.calls.items():
+        assert handled(api, method, code) == calls, (method, code)
     for method in {method for method, _ in counter.calls}:
         service, name = method.lstrip("/").rsplit("/", 1)
         labels = {"grpc_type": "unary", "grpc_service": service, "grpc_method": name}
