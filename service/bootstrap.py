@@ -172,6 +172,7 @@ def build_executor(infra: Infrastructure) -> Executor:
         downloader,
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
+        max_creates=settings.worker_concurrency,
     )
 
 

@@ -22,6 +22,21 @@ ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+def messages_of(operation_ids: list[str], per_message: int = 1) -> list[Any]:
+    """``OutgoingMessage``s carrying ``operation_ids`` in order, ``per_message`` each (what a
+    publisher sent, for ``Outbox.mark_published``)."""
+    from service.domain.ids import new_id
+    from service.usecases.ports import OutgoingMessage, Unpublished
+
+    return [
+        OutgoingMessage(
+            new_id("msg"),
+            tuple(Unpublished(i) for i in operation_ids[start : start + per_message]),
+        )
+        for start in range(0, len(operation_ids), per_message)
+    ]
+
+
 async def eventually(
     check: Callable[[], Awaitable[T | None]],
     *,

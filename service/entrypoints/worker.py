@@ -31,6 +31,7 @@ from service.runtime.startup import unless_stopped
 from service.usecases.execute import Executor
 from service.usecases.health import dependencies_ok
 from service.usecases.outbox import publish_pending, requeue_abandoned
+from service.usecases.ports import Unpublished
 from service.usecases.retention import purge_expired
 
 log = structlog.get_logger(__name__)
@@ -49,32 +50,47 @@ class WorkerPool:
         self._executor = executor
 
     async def execute_operation(self, delivery: Delivery) -> bool:
-        """Consumer handler: True (ack) once the operation is done or not ours to do."""
+        """Consumer handler: True (ack) once every operation of the message is done or not
+        ours to do. They run together (the Updates among them in one statement); if one
+        cannot be done now, the message goes back, and those done already are skipped when
+        it comes again."""
+        done = await asyncio.gather(
+            *(self._execute(operation, delivery) for operation in delivery.operations)
+        )
+        return all(done)
+
+    async def _execute(self, operation: Unpublished, delivery: Delivery) -> bool:
+        operation_id = operation.operation_id
         with (
             structlog.contextvars.bound_contextvars(
-                operation_id=delivery.operation_id, delivery_count=delivery.delivery_count
+                operation_id=operation_id, delivery_count=delivery.delivery_count
             ),
-            tracing.consuming(
-                self._settings.amqp_queue, delivery.operation_id, delivery.trace_context
-            ),
+            tracing.consuming(self._settings.amqp_queue, operation_id, operation.trace_context),
         ):
-            return await self._retrying(lambda: self._executor.execute(delivery.operation_id))
+            return await self._retrying(lambda: self._executor.execute(operation_id))
 
     async def abandon_dead_letter(self, delivery: Delivery) -> bool:
-        """Dead-letter handler: the message failed too often; finish its operation."""
+        """Dead-letter handler: the message failed too often; finish its operations (those
+        done meanwhile are left as they are)."""
+        done = await asyncio.gather(
+            *(self._abandon(operation) for operation in delivery.operations)
+        )
+        if all(done):  # counted once, not once per redelivery of a message that failed
+            metrics.DEAD_LETTERED.inc()
+        return all(done)
+
+    async def _abandon(self, operation: Unpublished) -> bool:
         queue = dead_letter_queue(self._settings.amqp_queue)
+        operation_id = operation.operation_id
         with (
-            structlog.contextvars.bound_contextvars(operation_id=delivery.operation_id),
+            structlog.contextvars.bound_contextvars(operation_id=operation_id),
             # Dead-lettering keeps the headers: still the trace of the call that asked.
-            tracing.consuming(queue, delivery.operation_id, delivery.trace_context),
+            tracing.consuming(queue, operation_id, operation.trace_context),
         ):
             limit = self._settings.amqp_delivery_limit
-            handled = await self._retrying(
-                lambda: self._executor.end_dead_lettered(delivery.operation_id, limit)
+            return await self._retrying(
+                lambda: self._executor.end_dead_lettered(operation_id, limit)
             )
-        if handled:  # counted once, not once per redelivery of a message that failed
-            metrics.DEAD_LETTERED.inc()
-        return handled
 
     async def _retrying(self, step: Callable[[], Awaitable[None]]) -> bool:
         """Run ``step``, retrying transient errors for a while; False hands the message back."""

@@ -105,7 +105,7 @@ RETRIES = Counter(
 )
 DEAD_LETTERED = Counter(
     "image_service_dead_lettered_messages",
-    "Messages taken from the dead-letter queue; each one's operation ends with an error.",
+    "Messages taken from the dead-letter queue; each one's operations end with an error.",
 )
 FINISHED_CACHE = Counter(
     "image_service_finished_operation_cache_requests",

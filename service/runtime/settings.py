@@ -107,7 +107,10 @@ class Settings(BaseSettings):
 
     # Workers
     worker_concurrency: int = Field(
-        default=16, ge=1, description="operations a worker process runs at once (prefetch)"
+        default=16,
+        ge=1,
+        description="messages a worker process takes at once (prefetch; a message carries"
+        " up to 128 operations), and Creates it downloads at once",
     )
     worker_grace_seconds: float = Field(
         default=30.0, ge=0, description="how long in-flight operations may run after SIGTERM"

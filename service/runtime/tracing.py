@@ -150,20 +150,28 @@ def rpc_ended(span: Span | None, code: int) -> None:
         span.set_status(Status(StatusCode.ERROR))
 
 
-def publishing(queue: str, operation_id: str) -> AbstractContextManager[dict[str, str] | None]:
-    """A producer span around sending an operation's message; yields the headers that carry
+def publishing(
+    queue: str, operation_id: str, traceparent: str | None
+) -> AbstractContextManager[dict[str, str] | None]:
+    """A producer span around sending an operation in a message, in the trace ``traceparent``
+    names (the call that accepted it; a new trace without one); yields the headers that carry
     its context to the consumer (``None`` while tracing is off)."""
     if _on is None:
         return _NO_SPAN
-    return _publishing(_on, queue, operation_id)
+    return _publishing(_on, queue, operation_id, traceparent)
 
 
 @contextlib.contextmanager
-def _publishing(on: _Tracing, queue: str, operation_id: str) -> Iterator[dict[str, str]]:
+def _publishing(
+    on: _Tracing, queue: str, operation_id: str, traceparent: str | None
+) -> Iterator[dict[str, str]]:
     from opentelemetry.trace import SpanKind
 
     with on.tracer.start_as_current_span(
-        f"{queue} publish", kind=SpanKind.PRODUCER, attributes=_message(queue, operation_id)
+        f"{queue} publish",
+        context=on.parent(traceparent),
+        kind=SpanKind.PRODUCER,
+        attributes=_message(queue, operation_id),
     ):
         headers: dict[str, str] = {}
         on.propagator.inject(headers)

@@ -58,11 +58,14 @@ class Executor:
         *,
         lease_seconds: float,
         max_attempts: int,
+        max_creates: int = 16,
     ) -> None:
         self._operations = operations
         self._downloader = downloader
         self._lease_seconds = lease_seconds
         self._max_attempts = max_attempts
+        # A message carries many operations: Creates download at most this many at once.
+        self._creates = asyncio.Semaphore(max_creates)
         # Updates delivered together are applied together: one statement, one commit.
         self._updates = MicroBatcher(
             operations.apply_updates, max_batch=128, max_in_flight=2, name="apply_updates"
@@ -91,7 +94,8 @@ class Executor:
             if operation.kind is Kind.DELETE_IMAGE:
                 await _apply_delete(tx, operation)
                 return
-        await self._create(operation_id)
+        async with self._creates:
+            await self._create(operation_id)
 
     async def abandon(self, operation_id: str, reason: str) -> None:
         """Finish an operation that cannot be carried out, restoring its image."""

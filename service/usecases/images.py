@@ -39,8 +39,8 @@ from service.domain.validation import (
 )
 from service.runtime import metrics, tracing
 from service.runtime.batching import MicroBatcher
-from service.usecases.outbox import PublishedMarks
-from service.usecases.ports import Accepted, Accepts, NewUpdate, Publisher, Reads
+from service.usecases.outbox import PublishedMarks, Publishes
+from service.usecases.ports import Accepted, Accepts, NewUpdate, Publisher, Reads, Unpublished
 
 log = structlog.get_logger(__name__)
 
@@ -78,9 +78,8 @@ class Images:
     ) -> None:
         self._accepts = accepts
         self._reads = reads
-        self._publisher = publisher
-        self._marks = marks
-        self._publish_timeout = publish_timeout
+        # Operations accepted together are sent together: one message, one confirm.
+        self._publishes = Publishes(publisher, marks, publish_timeout)
         self._network_policy = network_policy if network_policy is not None else NetworkPolicy()
         # Pages stop short of this many bytes, whatever their page_size, so a page of the
         # largest images still fits in a message (the rest comes with next_page_token).
@@ -164,8 +163,7 @@ class Images:
         tracing.set_attribute("image.operation.id", operation.id)
         metrics.operation_accepted(operation.kind.value)
         try:
-            await self._publisher.publish(operation.id, self._publish_timeout)
-            self._marks.add(operation.id)
+            await self._publishes.publish(Unpublished(operation.id, tracing.traceparent()))
         except ServiceError as exc:
             log.warning("operation.publish_deferred", error=exc.message)
         else:

@@ -1,24 +1,41 @@
-"""The outbox, both halves: the API marks what the broker confirmed; the workers' relay
-publishes what was never confirmed, and the sweeper hands out again what a dead worker held
-or a lost message carried.
+"""The outbox, both halves: the API publishes what it accepted and marks what the broker
+confirmed; the workers' relay publishes what was never confirmed, and the sweeper hands out
+again what a dead worker held or a lost message carried.
 
-The operation row is the outbox (``published_at``). A mark lost in a crash only means the
-relay sends that operation once more, which is harmless: workers apply each operation once.
+The operation row is the outbox (``published_at``, and the message it went in). A mark lost
+in a crash only means the relay sends that operation once more, which is harmless: workers
+apply each operation once.
+
+A message carries several operations (``OutgoingMessage``): the API sends those accepted
+while its earlier messages wait for their confirm together (``Publishes``), the relay sends
+what it claimed in messages of up to ``OPERATIONS_PER_MESSAGE``. One publish, one confirm,
+one delivery and one ack serve them all.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import structlog
 
 from service.domain.errors import ServiceError
+from service.domain.ids import new_id
 from service.runtime import tracing
-from service.usecases.ports import MessageQueue, Outbox, Publisher
+from service.runtime.batching import MicroBatcher
+from service.usecases.ports import MessageQueue, Outbox, OutgoingMessage, Publisher, Unpublished
 
 log = structlog.get_logger(__name__)
 
-RELAY_BATCH = 200
+# The most operations one message carries: a body of about 2.6 KB, and what a worker applies
+# in one statement (usecases/execute.Executor's batch).
+OPERATIONS_PER_MESSAGE = 128
+# Messages the API has waiting for their confirm at once; what is accepted meanwhile goes in
+# the next one.
+PUBLISHES_IN_FLIGHT = 2
+MESSAGE_ID_PREFIX = "msg"
+
+RELAY_BATCH = 256
 # How long a relay holds the batch it is sending. Long enough for a batch in the normal case
 # (a confirm takes milliseconds); a relay whose publishes get slower stops before its claim
 # could run out, and one that died holds its batch no longer than this.
@@ -40,8 +57,13 @@ def published_marks_interval(relay_grace_seconds: float) -> float:
     return max(MARKS_INTERVAL_MIN, min(MARKS_INTERVAL_MAX, share))
 
 
+def new_message(operations: list[Unpublished]) -> OutgoingMessage:
+    return OutgoingMessage(new_id(MESSAGE_ID_PREFIX), tuple(operations))
+
+
 class PublishedMarks:
-    """Marks published operations in batches, off the request path.
+    """Marks published operations (and the message each went in) in batches, off the request
+    path.
 
     One UPDATE per request would double the database work of an Update; a batch every
     ``interval`` costs one statement for many. The wait also spares rows: an operation a worker
@@ -54,12 +76,12 @@ class PublishedMarks:
     def __init__(self, outbox: Outbox, interval: float = 0.01, batch: int = 1000) -> None:
         self._outbox = outbox
         self._interval = interval
-        self._batch = batch
-        self._pending: list[str] = []
+        self._batch = batch  # operations per statement, about
+        self._pending: list[OutgoingMessage] = []
         self._wakeup = asyncio.Event()
 
-    def add(self, operation_id: str) -> None:
-        self._pending.append(operation_id)
+    def add(self, message: OutgoingMessage) -> None:
+        self._pending.append(message)
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -71,12 +93,47 @@ class PublishedMarks:
     async def flush(self) -> None:
         self._wakeup.clear()
         while self._pending:
-            batch, self._pending = self._pending[: self._batch], self._pending[self._batch :]
+            batch: list[OutgoingMessage] = []
+            operations = 0
+            while self._pending and (not batch or operations < self._batch):
+                message = self._pending.pop(0)
+                batch.append(message)
+                operations += len(message.operations)
             try:
                 await self._outbox.mark_published(batch)
             except ServiceError as exc:
                 # Left unmarked: the relay publishes them again, which is harmless.
-                log.warning("outbox.mark_failed", error=exc.message, count=len(batch))
+                log.warning("outbox.mark_failed", error=exc.message, count=operations)
+
+
+class Publishes:
+    """The API's publishes: an operation is sent as soon as it is accepted, in one message
+    with every other accepted while ``PUBLISHES_IN_FLIGHT`` earlier messages wait for their
+    confirm, and marked once confirmed (``PublishedMarks``). A lone call's message goes at
+    once and carries it alone; under load one publish and one confirm serve many calls.
+    """
+
+    def __init__(self, publisher: Publisher, marks: PublishedMarks, timeout: float) -> None:
+        self._publisher = publisher
+        self._marks = marks
+        self._timeout = timeout
+        self._messages = MicroBatcher(
+            self._send,
+            max_batch=OPERATIONS_PER_MESSAGE,
+            max_in_flight=PUBLISHES_IN_FLIGHT,
+            name="publish",
+        )
+
+    async def publish(self, operation: Unpublished) -> None:
+        """Returns once the message carrying ``operation`` is confirmed; ``ServiceError``
+        (``Unavailable``) if it was not, and then the relay sends it later."""
+        await self._messages.submit(operation)
+
+    async def _send(self, operations: Sequence[Unpublished]) -> list[None]:
+        message = new_message(list(operations))
+        await self._publisher.publish(message, self._timeout)
+        self._marks.add(message)
+        return [None] * len(operations)
 
 
 async def publish_pending(
@@ -90,7 +147,8 @@ async def publish_pending(
     """Publish every unpublished, unfinished operation older than ``older_than`` seconds.
 
     Batch by batch: claimed for ``claim_seconds`` in a statement of its own, published
-    outside any transaction (a slow broker holds no row lock), then marked. Other relays skip
+    outside any transaction (a slow broker holds no row lock) in messages of up to
+    ``OPERATIONS_PER_MESSAGE``, then marked. Other relays skip
     what is claimed, so relays in several worker processes do not send one operation at the
     same time: each stops publishing its batch while a publish could still outlast the claim,
     and gives back what it did not send. One that dies leaves its claim to run out; another
@@ -104,29 +162,39 @@ async def publish_pending(
     while True:
         claimed_at = loop.time()  # before the claim: the claim ends later than this says
         pending = await outbox.claim_unpublished(older_than, RELAY_BATCH, claim_seconds)
-        sent: list[str] = []
+        sent: list[OutgoingMessage] = []
+        count = 0
         try:
-            for item in pending:
+            for start in range(0, len(pending), OPERATIONS_PER_MESSAGE):
                 if loop.time() - claimed_at + publish_timeout >= claim_seconds:
-                    log.warning("outbox.claim_running_out", sent=len(sent), batch=len(pending))
+                    log.warning("outbox.claim_running_out", sent=count, batch=len(pending))
                     break
-                # Sent late, in the trace of the call that accepted it.
-                with tracing.resumed(
-                    "outbox.relay", item.trace_context, {"image.operation.id": item.operation_id}
-                ):
-                    await publisher.publish(item.operation_id, publish_timeout)
-                sent.append(item.operation_id)
+                message = new_message(
+                    [_relayed(item) for item in pending[start : start + OPERATIONS_PER_MESSAGE]]
+                )
+                await publisher.publish(message, publish_timeout)
+                sent.append(message)
+                count += len(message.operations)
         except ServiceError as exc:
-            log.warning("outbox.publish_failed", error=exc.message, sent=len(sent))
+            log.warning("outbox.publish_failed", error=exc.message, sent=count)
         if sent:
             await outbox.mark_published(sent)
-        if len(sent) < len(pending):
-            await outbox.release_claims([item.operation_id for item in pending[len(sent) :]])
-        total += len(sent)
-        if len(sent) < RELAY_BATCH:
+        if count < len(pending):
+            await outbox.release_claims([item.operation_id for item in pending[count:]])
+        total += count
+        if count < RELAY_BATCH:
             if total:
                 log.info("outbox.published", count=total)
             return total
+
+
+def _relayed(item: Unpublished) -> Unpublished:
+    """The operation as the relay sends it: in a span of the trace of the call that accepted
+    it (``outbox.relay``), which its message's producer span is a child of."""
+    with tracing.resumed(
+        "outbox.relay", item.trace_context, {"image.operation.id": item.operation_id}
+    ):
+        return Unpublished(item.operation_id, tracing.traceparent() or item.trace_context)
 
 
 async def requeue_abandoned(
@@ -140,15 +208,16 @@ async def requeue_abandoned(
     the relay, to be sent again.
 
     A lease that ran out means its worker died. A lost message is told from a waiting one by
-    asking the broker: an operation published more than ``republish_after_seconds`` ago and
-    never claimed may have lost its message, or be waiting in a backlog (workers stopped, or
-    slower than the API). While messages are ready in the queue, every consumer also holds a
-    full window of ``prefetch`` delivered ones (the workers' ``WORKER_CONCURRENCY``), so that
-    many such operations may still have their message; only those beyond, the oldest, are
-    surely lost and sent again. With nothing ready, all of them are: a backlog is never sent
-    twice, and a lost message is found at the latest when the queue has drained (then an
-    operation still in a worker's hands may be sent once more, which is harmless). When the
-    broker cannot be asked, only the expired leases are handed out.
+    asking the broker, in messages (the unit the broker counts in): an operation published
+    more than ``republish_after_seconds`` ago and never claimed may have lost its message, or
+    be waiting in a backlog (workers stopped, or slower than the API). While messages are
+    ready in the queue, every consumer also holds a full window of ``prefetch`` delivered
+    ones (the workers' ``WORKER_CONCURRENCY``), so that many of the messages such operations
+    went in may still be waiting; only the operations of the messages beyond, the oldest,
+    are surely lost and sent again. With nothing ready, all of them are: a backlog is never
+    sent twice, and a lost message is found at the latest when the queue has drained (then
+    an operation still in a worker's hands may be sent once more, which is harmless). When
+    the broker cannot be asked, only the expired leases are handed out.
     """
     requeued = await outbox.requeue_expired_leases()
     try:

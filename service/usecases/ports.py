@@ -175,11 +175,27 @@ class Finishes(Protocol):
 
 @dataclass(frozen=True)
 class Unpublished:
-    """An operation a relay claimed to send, with the W3C trace context (``traceparent``) it
-    was accepted in (``None`` while tracing was off)."""
+    """An operation to send, with the W3C trace context (``traceparent``) it was accepted in
+    (``None`` while tracing was off)."""
 
     operation_id: str
     trace_context: str | None = None
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One message to the workers: operations sent together, with one publish and one confirm.
+
+    ``id`` is the message's own (the broker's ``message_id``); the published mark records it
+    on each operation, so the sweeper can count what waits in messages, as the broker does.
+    """
+
+    id: str
+    operations: tuple[Unpublished, ...]
+
+    @property
+    def operation_ids(self) -> list[str]:
+        return [operation.operation_id for operation in self.operations]
 
 
 class Outbox(Protocol):
@@ -189,9 +205,10 @@ class Outbox(Protocol):
     time, so none of them takes part in a deadlock.
     """
 
-    async def mark_published(self, operation_ids: Sequence[str]) -> None:
-        """Record confirmed publishes of unfinished operations (one held by another
-        transaction is left unmarked: at worst the relay sends it once more)."""
+    async def mark_published(self, messages: Sequence[OutgoingMessage]) -> None:
+        """Record the confirmed publish of each unfinished operation in ``messages``, and the
+        message it went in (one held by another transaction is left unmarked: at worst the
+        relay sends it once more)."""
         ...
 
     async def claim_unpublished(
@@ -213,8 +230,10 @@ class Outbox(Protocol):
 
     async def requeue_unclaimed(self, published_before_seconds: float, keep: int) -> list[str]:
         """Of the unfinished operations published more than ``published_before_seconds``
-        ago and never claimed, mark all but ``keep`` unpublished (the oldest first), for the
-        relay to send again."""
+        ago and never claimed, counted in the messages they went in, mark those of all but
+        the newest ``keep`` messages unpublished, for the relay to send again. An operation
+        whose message is unknown (marked before messages were recorded) counts as a message
+        of its own."""
         ...
 
 
@@ -249,8 +268,8 @@ class Tokens(Protocol):
 class Publisher(Protocol):
     """The message broker, as the API and the relay use it."""
 
-    async def publish(self, operation_id: str, timeout: float) -> None:
-        """Send one operation ID and wait for the broker's confirm; ``Unavailable`` if not."""
+    async def publish(self, message: OutgoingMessage, timeout: float) -> None:
+        """Send one message and wait for the broker's confirm; ``Unavailable`` if not."""
         ...
 
     def is_healthy(self) -> bool: ...

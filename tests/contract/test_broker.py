@@ -12,11 +12,24 @@ import pytest
 
 from service.adapters.rabbitmq import Broker
 from service.domain.errors import Unavailable
-from service.usecases.ports import MessageQueue, Publisher, QueueDepth
+from service.usecases.ports import (
+    MessageQueue,
+    OutgoingMessage,
+    Publisher,
+    QueueDepth,
+    Unpublished,
+)
 from tests.conftest import AMQP_URL
 from tests.unit.fakes import FakePublisher, FakeQueue
 
 TIMEOUT = 5.0
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def message(*operation_ids: str) -> OutgoingMessage:
+    return OutgoingMessage(
+        "msg-contract", tuple(Unpublished(i, TRACEPARENT) for i in operation_ids)
+    )
 
 
 @dataclass
@@ -52,7 +65,11 @@ async def test_a_connected_broker_is_healthy(broker: BrokerSide) -> None:
 
 
 async def test_a_publish_returns_once_confirmed(broker: BrokerSide) -> None:
-    await broker.publisher.publish("opn-contract", TIMEOUT)
+    await broker.publisher.publish(message("opn-contract"), TIMEOUT)
+
+
+async def test_a_message_of_several_operations_is_confirmed(broker: BrokerSide) -> None:
+    await broker.publisher.publish(message("opn-contract1", "opn-contract2"), TIMEOUT)
 
 
 async def test_a_new_queue_is_empty_and_unconsumed(broker: BrokerSide) -> None:
@@ -69,7 +86,7 @@ async def test_a_broker_that_is_down_refuses_a_publish(broker: BrokerSide) -> No
     await broker.go_down()
 
     with pytest.raises(Unavailable):
-        await broker.publisher.publish("opn-contract", TIMEOUT)
+        await broker.publisher.publish(message("opn-contract"), TIMEOUT)
 
 
 async def test_a_broker_that_is_down_cannot_tell_the_queues_depth(broker: BrokerSide) -> None:

@@ -4,7 +4,7 @@ time, and what the sweeper hands back to be sent again."""
 from __future__ import annotations
 
 from service.domain.model import ImageChange, Operation
-from service.usecases.ports import NewUpdate, Unpublished
+from service.usecases.ports import NewUpdate, OutgoingMessage, Unpublished
 from tests.contract.implementations import Implementation
 from tests.contract.requests import FOLDER, delete_of, update_of
 
@@ -20,6 +20,12 @@ async def accepted(port: Implementation, count: int = 1) -> list[Operation]:
         image = await port.add_image(FOLDER)
         operations.append((await port.accepts.begin_delete(delete_of(image.id))).operation)
     return operations
+
+
+def sent(*operations: Operation, message_id: str | None = None) -> list[OutgoingMessage]:
+    """The operations as sent in one message (of their first's ID, unless given)."""
+    message_id = message_id or "msg" + operations[0].id[3:]
+    return [OutgoingMessage(message_id, tuple(Unpublished(op.id) for op in operations))]
 
 
 async def unpublished(port: Implementation, limit: int = 100) -> list[str]:
@@ -81,7 +87,7 @@ async def test_a_released_claim_is_claimed_again_at_once(port: Implementation) -
 
 async def test_a_published_operation_is_not_claimed(port: Implementation) -> None:
     published, unmarked = await accepted(port, 2)
-    await port.outbox.mark_published([published.id])
+    await port.outbox.mark_published(sent(published))
     await port.pass_time(GRACE + 1)
 
     assert await unpublished(port) == [unmarked.id]
@@ -112,7 +118,7 @@ async def test_a_claim_carries_the_trace_the_operation_was_accepted_in(
 
 async def test_an_operation_whose_lease_ran_out_is_requeued(port: Implementation) -> None:
     [operation] = await accepted(port)
-    await port.outbox.mark_published([operation.id])
+    await port.outbox.mark_published(sent(operation))
     await port.finishes.claim_with_lease(operation.id, LEASE)
     await port.pass_time(LEASE + 1)
 
@@ -123,7 +129,7 @@ async def test_an_operation_whose_lease_ran_out_is_requeued(port: Implementation
 
 async def test_a_running_lease_is_not_requeued(port: Implementation) -> None:
     [operation] = await accepted(port)
-    await port.outbox.mark_published([operation.id])
+    await port.outbox.mark_published(sent(operation))
     await port.finishes.claim_with_lease(operation.id, LEASE)
     await port.pass_time(LEASE - 1)
 
@@ -145,7 +151,7 @@ async def test_published_operations_never_claimed_are_requeued_but_the_newest_ke
 ) -> None:
     operations = await accepted(port, 4)
     for operation in operations:
-        await port.outbox.mark_published([operation.id])
+        await port.outbox.mark_published(sent(operation))
     await port.pass_time(60)
 
     requeued = await port.outbox.requeue_unclaimed(30, keep=1)
@@ -154,9 +160,39 @@ async def test_published_operations_never_claimed_are_requeued_but_the_newest_ke
     assert await unpublished(port) == [op.id for op in operations[:3]]
 
 
+async def test_the_sweeper_counts_what_waits_in_messages_not_in_operations(
+    port: Implementation,
+) -> None:
+    operations = await accepted(port, 5)
+    oldest, middle, newest = operations[:2], operations[2:4], operations[4:]
+    for message in (oldest, middle, newest):
+        await port.outbox.mark_published(sent(*message))
+        await port.pass_time(1)
+    await port.pass_time(60)
+
+    # Three messages, two of them may still wait: the oldest message's operations are lost.
+    requeued = await port.outbox.requeue_unclaimed(30, keep=2)
+
+    assert sorted(requeued) == sorted(op.id for op in oldest)
+    assert await unpublished(port) == [op.id for op in oldest]
+
+
+async def test_a_message_that_may_still_wait_keeps_every_operation_it_carries(
+    port: Implementation,
+) -> None:
+    operations = await accepted(port, 4)
+    await port.outbox.mark_published(sent(*operations))
+    await port.pass_time(60)
+
+    assert await port.outbox.requeue_unclaimed(30, keep=1) == []
+    assert sorted(await port.outbox.requeue_unclaimed(30, keep=0)) == sorted(
+        op.id for op in operations
+    )
+
+
 async def test_operations_published_lately_are_not_requeued(port: Implementation) -> None:
     [operation] = await accepted(port)
-    await port.outbox.mark_published([operation.id])
+    await port.outbox.mark_published(sent(operation))
     await port.pass_time(20)
 
     assert await port.outbox.requeue_unclaimed(30, keep=0) == []
@@ -166,7 +202,7 @@ async def test_an_operation_a_worker_holds_is_not_requeued_as_unclaimed(
     port: Implementation,
 ) -> None:
     [operation] = await accepted(port)
-    await port.outbox.mark_published([operation.id])
+    await port.outbox.mark_published(sent(operation))
     await port.finishes.claim_with_lease(operation.id, 3600)
     await port.pass_time(60)
 

@@ -204,7 +204,7 @@ async def test_a_poison_message_is_dead_lettered_and_its_operation_fails_cleanly
     failures = [
         line
         for line in worker.logged("consumer.handler_failed")
-        if line.get("operation_id") == operation_id
+        if operation_id in line.get("operation_ids", [])
     ]
     assert len(failures) >= 2  # delivered up to the limit before it was dead-lettered
     status = await db.fetchval("SELECT status FROM images WHERE id = $1", image_id)

@@ -22,7 +22,7 @@ from service.adapters.rabbitmq import broker as broker_module
 from service.domain.errors import Unavailable
 from tests.conftest import AMQP_URL
 from tests.faults.cluster import free_port
-from tests.support import TcpProxy, eventually
+from tests.support import TcpProxy, eventually, messages_of
 
 BROKER_HOST, BROKER_PORT = "127.0.0.1", int(AMQP_URL.rsplit(":", 1)[1].strip("/") or 5672)
 
@@ -54,7 +54,7 @@ class Received:
         self.ids: list[str] = []
 
     async def __call__(self, delivery: Delivery) -> bool:
-        self.ids.append(delivery.operation_id)
+        self.ids.append(delivery.operations[0].operation_id)
         return True
 
 
@@ -89,7 +89,7 @@ async def published_and_received(broker: Broker, received: Received, operation_i
 
     async def published() -> bool:
         try:
-            await broker.publish(operation_id, timeout=5)
+            await broker.publish(messages_of([operation_id])[0], timeout=5)
         except Unavailable:
             return False
         return True
@@ -166,7 +166,7 @@ async def test_a_broker_with_one_node_reconnects_to_it_when_it_comes_back(
 
         await eventually(noticed, timeout=10, what="the lost connection noticed")
         with pytest.raises(Unavailable):
-            await broker.publish("opwhiledown", timeout=1)
+            await broker.publish(messages_of(["opwhiledown"])[0], timeout=1)
         await nodes[0].restore()
         await published_and_received(broker, received, "opreturned")
 
@@ -190,7 +190,7 @@ async def test_a_publish_channel_the_broker_nacks_is_replaced(
 
         nacking.default_exchange.publish = nack  # type: ignore[method-assign]
         with pytest.raises(Unavailable, match="DeliveryError"):
-            await broker.publish("opnacked", timeout=5)
+            await broker.publish(messages_of(["opnacked"])[0], timeout=5)
         await published_and_received(broker, received, "opafternack")
         assert broker._channel is not nacking
         assert broker.is_healthy()
@@ -220,7 +220,7 @@ async def test_a_node_that_does_not_confirm_in_time_is_left_for_another(
         assert slow is not None
         never_confirmed(slow)
         with pytest.raises(Unavailable, match="no confirm in time"):
-            await broker.publish("opunconfirmed", timeout=1)
+            await broker.publish(messages_of(["opunconfirmed"])[0], timeout=1)
         # Moved: published on the other node's connection, and consumed there.
         await published_and_received(broker, received, "opmoved")
         assert broker._channel is not slow
@@ -239,7 +239,7 @@ async def test_a_single_node_that_does_not_confirm_in_time_is_kept(
         assert slow is not None
         never_confirmed(slow)
         with pytest.raises(Unavailable, match="no confirm in time"):
-            await broker.publish("opunconfirmed", timeout=1)
+            await broker.publish(messages_of(["opunconfirmed"])[0], timeout=1)
         # Nowhere else to go: a reconnect to the same node would only cost the consumers.
         assert broker._channel is slow
         assert broker.is_healthy()

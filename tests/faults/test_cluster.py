@@ -42,7 +42,7 @@ from tests.faults.cluster import (
     _proc_stat,
     new_base_dir,
 )
-from tests.support import eventually
+from tests.support import eventually, messages_of
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -269,12 +269,12 @@ async def test_rabbit_cluster() -> None:
     received: list[str] = []
 
     async def handler(delivery: Delivery) -> bool:
-        received.append(delivery.operation_id)
+        received.append(delivery.operations[0].operation_id)
         return True
 
     async def published(operation_id: str) -> bool:
         try:
-            await broker.publish(operation_id, timeout=2)
+            await broker.publish(messages_of([operation_id])[0], timeout=2)
         except Unavailable:
             return False
         return True

@@ -51,7 +51,7 @@ from tests.faults.load import (
     ledger_check,
     print_report,
 )
-from tests.support import BlobServer, create_token, eventually
+from tests.support import BlobServer, create_token, eventually, messages_of
 
 pytestmark = [
     pytest.mark.skipif(
@@ -115,7 +115,9 @@ class Probe:
     async def run(self, broker: Broker, until: float) -> None:
         while time.monotonic() < until:
             try:
-                await broker.publish(f"probe{len(self.confirmed)}", PROBE_TIMEOUT_SECONDS)
+                await broker.publish(
+                    messages_of([f"probe{len(self.confirmed)}"])[0], PROBE_TIMEOUT_SECONDS
+                )
             except Unavailable:
                 self.failed.append(time.time())
             else:

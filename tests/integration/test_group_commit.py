@@ -19,7 +19,7 @@ from service.usecases.outbox import PublishedMarks
 from tests.conftest import AMQP_URL
 from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import CREATING, READY, UPDATING, add_image, folder, update
-from tests.support import eventually
+from tests.support import eventually, messages_of
 
 # A database of this module's own, not the run's shared one (see conftest.own_database).
 # Counts sessions waiting on locks, and applies what it accepted: the end-to-end tests'
@@ -327,7 +327,7 @@ async def test_published_marks_spare_operations_already_done(store, db):
         [update(done_image, ImageChange(description="d")), update(queued_image, ImageChange())]
     )
     assert await store.finishes.apply_updates([done.id]) == [True]
-    await store.outbox.mark_published([done.id, queued.id])
+    await store.outbox.mark_published(messages_of([done.id, queued.id], per_message=2))
     marks = dict(
         await db.fetch(
             "SELECT id, published_at IS NOT NULL FROM operations WHERE id = ANY($1)",

@@ -28,6 +28,7 @@ from service.usecases.outbox import publish_pending, requeue_abandoned
 from service.usecases.ports import QueueDepth
 from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import add_image, folder, update
+from tests.support import messages_of
 from tests.unit.fakes import FakeDownloader, FakePublisher
 
 # A database of this module's own, not the run's shared one (see conftest.own_database).
@@ -81,7 +82,7 @@ async def test_every_path_together_detects_no_deadlock(database_url: str, db: as
             accepted.append(done.operation.id)
 
     async def mark() -> None:
-        await store.outbox.mark_published(some(400))
+        await store.outbox.mark_published(messages_of(some(400), per_message=50))
 
     async def apply_together() -> None:
         await store.finishes.apply_updates(some(80))

@@ -16,6 +16,7 @@ from service.adapters.postgres import Postgres
 from service.adapters.postgres.database import Database
 from service.domain.model import ImageChange
 from service.usecases.outbox import RELAY_BATCH, publish_pending
+from service.usecases.ports import OutgoingMessage
 from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import add_image, folder, update
 from tests.support import eventually
@@ -38,12 +39,12 @@ class SlowBroker:
     def is_healthy(self) -> bool:
         return True
 
-    async def publish(self, operation_id: str, timeout: float) -> None:
-        self.waiting.append(operation_id)
+    async def publish(self, message: OutgoingMessage, timeout: float) -> None:
+        self.waiting.extend(message.operation_ids)
         await self.go.wait()
         for _ in range(3):  # a confirm takes a few turns of the loop
             await asyncio.sleep(0)
-        self.published.append(operation_id)
+        self.published.extend(message.operation_ids)
 
 
 async def unpublished_operations(store: Postgres, db: asyncpg.Pool, count: int) -> list[str]:

@@ -17,6 +17,7 @@ from service.domain.model import ImageChange, OperationError
 from service.runtime import tracing
 from tests.integration.conftest import own_database_fixtures
 from tests.integration.rows import add_image, folder, update
+from tests.support import messages_of
 
 # A database of this module's own, not the run's shared one (see conftest.own_database).
 # Claims every unpublished operation and counts every unfinished one: the end-to-end
@@ -114,7 +115,7 @@ async def test_the_accepting_calls_trace_context_is_kept_for_the_relay(store, db
         f"{span.context.trace_id:032x}",
         f"{span.context.span_id:016x}",
     ]
-    await store.outbox.mark_published(ids)
+    await store.outbox.mark_published(messages_of(ids))
 
 
 async def test_without_tracing_no_trace_context_is_kept(store, db):
@@ -123,7 +124,7 @@ async def test_without_tracing_no_trace_context_is_kept(store, db):
         await db.fetchval("SELECT trace_context FROM operations WHERE id = $1", operation_id)
         is None
     )
-    await store.outbox.mark_published([operation_id])
+    await store.outbox.mark_published(messages_of([operation_id]))
 
 
 async def test_the_gauges_sample_the_pool_and_count_the_operations(store, db):

@@ -60,6 +60,7 @@ from service.usecases.ports import (
     NewUpdate,
     OperationTransaction,
     Outbox,
+    OutgoingMessage,
     Pingable,
     Publisher,
     QueueDepth,
@@ -99,6 +100,7 @@ class OperationRow:
     attempts: int = 0
     lease_until: datetime | None = None
     published_at: datetime | None = None
+    message_id: str | None = None  # the message it was sent in, recorded with published_at
     relay_claimed_until: datetime | None = None
     dead_lettered_at: datetime | None = None  # ended because its message was dead-lettered
     trace_context: str | None = None  # the accepting call's, sent on by the relay
@@ -168,11 +170,14 @@ class State:
             dead_lettered_at=now if dead_lettered else None,
         )
 
-    def mark_published(self, operation_ids: Sequence[str], now: datetime) -> None:
-        for operation_id in operation_ids:
-            row = self.operations.get(operation_id)
-            if row is not None and row.published_at is None and not row.operation.done:
-                self.operations[operation_id] = replace(row, published_at=now)
+    def mark_published(self, messages: Sequence[OutgoingMessage], now: datetime) -> None:
+        for message in messages:
+            for operation_id in message.operation_ids:
+                row = self.operations.get(operation_id)
+                if row is not None and row.published_at is None and not row.operation.done:
+                    self.operations[operation_id] = replace(
+                        row, published_at=now, message_id=message.id
+                    )
 
 
 def _well_shaped(request: Mapping[str, Any]) -> bool:
@@ -621,14 +626,14 @@ class FakeStore:
 
     # --- Outbox -----------------------------------------------------------------------------
 
-    async def mark_published(self, operation_ids: Sequence[str]) -> None:
+    async def mark_published(self, messages: Sequence[OutgoingMessage]) -> None:
         self.calls["mark_published"] += 1
-        self.mark_batches.append(list(operation_ids))
+        self.mark_batches.append([i for message in messages for i in message.operation_ids])
         if self.failing_marks > 0:
             self.failing_marks -= 1
             raise Unavailable("database unreachable")
         async with self._lock:
-            self.state.mark_published(operation_ids, self.stamp())
+            self.state.mark_published(messages, self.stamp())
 
     async def claim_unpublished(
         self, older_than_seconds: float, limit: int, claim_seconds: float
@@ -674,19 +679,26 @@ class FakeStore:
             return self._requeue(expired)
 
     async def requeue_unclaimed(self, published_before_seconds: float, keep: int) -> list[str]:
-        """All but the newest ``keep`` of those published long ago and never claimed."""
+        """Those published long ago and never claimed, of all but the newest ``keep`` of the
+        messages they went in (one with no message recorded is a message of its own)."""
         self.calls["requeue_unclaimed"] += 1
         async with self._lock:
             cutoff = self.now - timedelta(seconds=published_before_seconds)
-            unclaimed = sorted(
-                (row.published_at, operation_id)
-                for operation_id, row in self.state.operations.items()
-                if not row.operation.done
-                and row.lease_until is None
-                and row.published_at is not None
-                and row.published_at < cutoff
+            messages: dict[str, list[tuple[datetime, str]]] = {}
+            for operation_id, row in self.state.operations.items():
+                if (
+                    not row.operation.done
+                    and row.lease_until is None
+                    and row.published_at is not None
+                    and row.published_at < cutoff
+                ):
+                    message = row.message_id or operation_id
+                    messages.setdefault(message, []).append((row.published_at, operation_id))
+            oldest_first = sorted(
+                messages, key=lambda message: (max(messages[message])[0], message)
             )
-            return self._requeue([i for _, i in unclaimed[: max(len(unclaimed) - keep, 0)]])
+            lost = oldest_first[: max(len(oldest_first) - keep, 0)]
+            return self._requeue([i for _, i in sorted(p for m in lost for p in messages[m])])
 
     def _requeue(self, operation_ids: list[str]) -> list[str]:
         for operation_id in operation_ids:
@@ -813,22 +825,25 @@ class FakeTransaction:
 
 
 class FakePublisher:
-    """Records what it published. ``healthy`` is what ``is_healthy`` says; with
-    ``fail_after`` set, publishes beyond that many raise ``Unavailable``."""
+    """Records what it published: ``messages``, and their operations in ``published``.
+    ``healthy`` is what ``is_healthy`` says; with ``fail_after`` set, publishes beyond that
+    many messages raise ``Unavailable``."""
 
     def __init__(self) -> None:
+        self.messages: list[OutgoingMessage] = []
         self.published: list[str] = []
         self.healthy = True
         self.fail_after: int | None = None
 
     def go_down(self) -> None:
         self.healthy = False
-        self.fail_after = len(self.published)
+        self.fail_after = len(self.messages)
 
-    async def publish(self, operation_id: str, timeout: float) -> None:
-        if self.fail_after is not None and len(self.published) >= self.fail_after:
+    async def publish(self, message: OutgoingMessage, timeout: float) -> None:
+        if self.fail_after is not None and len(self.messages) >= self.fail_after:
             raise Unavailable("broker unreachable")
-        self.published.append(operation_id)
+        self.messages.append(message)
+        self.published.extend(message.operation_ids)
 
     def is_healthy(self) -> bool:
         return self.healthy

@@ -28,6 +28,7 @@ from service.runtime.waiters import OperationWaiters
 from service.usecases.images import Images
 from service.usecases.operations import Operations
 from service.usecases.outbox import PublishedMarks
+from service.usecases.ports import Unpublished
 from tests.unit.fakes import FOLDER, SUBJECT, FakePublisher, FakeStore, editor, viewer
 
 SERVICE = "yandex.cloud.operation.OperationService"
@@ -225,12 +226,13 @@ class DeadLetterExecutor:
 @pytest.mark.parametrize(
     ("error", "counted"), [(None, 1), (InvalidArgument([FieldViolation("x", "y")]), 0)]
 )
-async def test_a_dead_letter_is_counted_once_its_operation_is_ended(error, counted):
+async def test_a_dead_letter_is_counted_once_its_operations_are_ended(error, counted):
     infra = SimpleNamespace(settings=Settings(retry_max_seconds=0.01))
     pool = WorkerPool(infra, DeadLetterExecutor(error))
     before = sample("image_service_dead_lettered_messages_total")
 
-    handled = await pool.abandon_dead_letter(Delivery("opn" + "d" * 17, delivery_count=5))
+    operations = (Unpublished("opn" + "d" * 17), Unpublished("opn" + "e" * 17))
+    handled = await pool.abandon_dead_letter(Delivery(operations, delivery_count=5))
 
     assert handled is bool(counted)  # not handled: handed back, counted when it is
     assert sample("image_service_dead_lettered_messages_total") == before + counted

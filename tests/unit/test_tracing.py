@@ -13,7 +13,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from service.runtime import tracing
 from service.runtime.settings import Settings
 from service.usecases.outbox import publish_pending
-from service.usecases.ports import Unpublished
+from service.usecases.ports import OutgoingMessage, Unpublished
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -44,7 +44,7 @@ def test_off_every_helper_is_a_shared_no_op():
     assert tracing.consuming("q", "opn", CALLER) is no_span
     assert tracing.resumed("x", CALLER) is no_span
     assert tracing.server_span("x", CALLER, {}) is no_span
-    with tracing.publishing("q", "opn") as headers:
+    with tracing.publishing("q", "opn", CALLER) as headers:
         assert headers is None
     assert tracing.traceparent() is None
     tracing.set_attribute("k", "v")  # nothing to set it on, nothing raised
@@ -68,7 +68,7 @@ def test_an_endpoint_turns_tracing_on_with_the_otlp_exporter():
 def test_a_message_carries_the_trace_from_the_publisher_to_the_consumer(spans):
     with (
         tracing.server_span("svc/Update", CALLER, {"rpc.system": "grpc"}),
-        tracing.publishing("queue", "opn1") as headers,
+        tracing.publishing("queue", "opn1", tracing.traceparent()) as headers,
     ):
         assert headers is not None
         sent = headers["traceparent"]
@@ -113,13 +113,14 @@ def test_only_the_codes_that_are_the_servers_fault_make_a_server_span_an_error(s
 
 
 class RecordingPublisher:
-    """Records the trace context current when each operation is published."""
+    """Records the trace context each operation is sent with."""
 
     def __init__(self) -> None:
         self.contexts: dict[str, str | None] = {}
 
-    async def publish(self, operation_id: str, timeout: float) -> None:
-        self.contexts[operation_id] = tracing.traceparent()
+    async def publish(self, message: OutgoingMessage, timeout: float) -> None:
+        for operation in message.operations:
+            self.contexts[operation.operation_id] = operation.trace_context
 
     def is_healthy(self) -> bool:
         return True
@@ -137,8 +138,8 @@ class OneBatchOutbox:
     ) -> list[Unpublished]:
         return self.batches.pop() if self.batches else []
 
-    async def mark_published(self, operation_ids: list[str]) -> None:
-        self.marked.extend(operation_ids)
+    async def mark_published(self, messages: list[OutgoingMessage]) -> None:
+        self.marked.extend(i for message in messages for i in message.operation_ids)
 
     async def release_claims(self, operation_ids: list[str]) -> None:
         raise AssertionError(f"nothing was left unsent: {operation_ids}")
@@ -158,3 +159,8 @@ async def test_the_relay_publishes_a_late_operation_in_the_trace_of_its_call(spa
         "opn-traced",
         "opn-untraced",
     ]
+    # Each is sent as a child of its relay span, whose parent is the call's (where it had one).
+    for span in relayed:
+        sent = publisher.contexts[span.attributes["image.operation.id"]]
+        assert sent.split("-")[2] == f"{span.context.span_id:016x}"
+    assert f"{relayed[0].parent.span_id:016x}" == CALLER.split("-")[2]

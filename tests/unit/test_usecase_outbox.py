@@ -7,15 +7,20 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
+from service.domain.errors import Unavailable
 from service.domain.model import ImageStatus, Operation, OperationKind
+from service.usecases import outbox
 from service.usecases.outbox import (
+    OPERATIONS_PER_MESSAGE,
     RELAY_BATCH,
     RELAY_CLAIM_SECONDS,
     PublishedMarks,
+    Publishes,
     publish_pending,
     published_marks_interval,
     requeue_abandoned,
 )
+from service.usecases.ports import OutgoingMessage, Unpublished
 from tests.unit.fakes import FakePublisher, FakeQueue, FakeStore, until
 
 UPDATE = OperationKind.UPDATE_IMAGE
@@ -42,6 +47,17 @@ def published(store: FakeStore, operations: list[Operation]) -> list[bool]:
     return [store.row(o.id).published_at is not None for o in operations]
 
 
+def alone(operation: Operation) -> OutgoingMessage:
+    """A message carrying ``operation`` only."""
+    return OutgoingMessage("msg" + operation.id[3:], (Unpublished(operation.id),))
+
+
+@pytest.fixture
+def two_per_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages of at most two operations, so a few operations make several messages."""
+    monkeypatch.setattr(outbox, "OPERATIONS_PER_MESSAGE", 2)
+
+
 # --- PublishedMarks -------------------------------------------------------------------------
 
 
@@ -49,7 +65,7 @@ async def test_marks_are_written_in_batches(store: FakeStore):
     operations = pending(store, 5)
     marks = PublishedMarks(store, batch=2)
     for operation in operations:
-        marks.add(operation.id)
+        marks.add(alone(operation))
     await marks.flush()
     ids = [o.id for o in operations]
     assert store.mark_batches == [ids[0:2], ids[2:4], ids[4:5]]
@@ -65,7 +81,7 @@ async def test_a_failed_mark_is_logged_and_left_for_the_relay(store: FakeStore):
     operations = pending(store, 2)
     marks = PublishedMarks(store)
     for operation in operations:
-        marks.add(operation.id)
+        marks.add(alone(operation))
     store.failing_marks = 1
     with capture_logs() as logs:
         await marks.flush()  # does not raise
@@ -77,7 +93,7 @@ async def test_a_failed_batch_does_not_stop_the_next_one(store: FakeStore):
     operations = pending(store, 2)
     marks = PublishedMarks(store, batch=1)
     for operation in operations:
-        marks.add(operation.id)
+        marks.add(alone(operation))
     store.failing_marks = 1
     await marks.flush()
     assert published(store, operations) == [False, True]
@@ -89,7 +105,7 @@ async def test_the_background_task_marks_what_arrives_together_in_one_batch(stor
     running = asyncio.create_task(marks.run())
     try:
         for operation in operations:
-            marks.add(operation.id)
+            marks.add(alone(operation))
         await until(lambda: all(published(store, operations)), what="the marks")
     finally:
         running.cancel()
@@ -101,8 +117,7 @@ async def test_an_operation_finished_before_the_flush_is_not_marked(store: FakeS
     finished = store.add_operation(UPDATE, image.id, request={"description": "d"})
     [waiting] = pending(store, 1)
     marks = PublishedMarks(store)
-    marks.add(finished.id)
-    marks.add(waiting.id)
+    marks.add(OutgoingMessage("msg-both", (Unpublished(finished.id), Unpublished(waiting.id))))
     assert await store.apply_updates([finished.id]) == [True]
     await marks.flush()
     assert published(store, [finished, waiting]) == [False, True]
@@ -116,6 +131,52 @@ def test_marks_are_gathered_for_a_quarter_of_the_relays_grace_within_bounds(
     grace: float, interval: float
 ):
     assert published_marks_interval(grace) == pytest.approx(interval)
+
+
+# --- Publishes: the API's messages ---------------------------------------------------------
+
+
+def publishes(store: FakeStore, publisher: FakePublisher) -> tuple[Publishes, PublishedMarks]:
+    marks = PublishedMarks(store)
+    return Publishes(publisher, marks, timeout=1.0), marks
+
+
+async def test_a_lone_operation_goes_at_once_in_a_message_of_its_own(
+    store: FakeStore, publisher: FakePublisher
+):
+    [operation] = pending(store, 1)
+    sender, marks = publishes(store, publisher)
+    await sender.publish(Unpublished(operation.id, "00-trace"))
+    assert [m.operations for m in publisher.messages] == [(Unpublished(operation.id, "00-trace"),)]
+    await marks.flush()
+    assert store.row(operation.id).message_id == publisher.messages[0].id
+
+
+async def test_operations_accepted_together_go_in_one_message_and_one_confirm(
+    store: FakeStore, publisher: FakePublisher
+):
+    operations = pending(store, 10)
+    sender, marks = publishes(store, publisher)
+    await asyncio.gather(*(sender.publish(Unpublished(o.id)) for o in operations))
+    # The first goes at once; the rest arrive in the same turn and go together in the next.
+    assert sorted(publisher.published) == sorted(o.id for o in operations)
+    assert len(publisher.messages) <= 2
+    await marks.flush()
+    assert all(published(store, operations))
+
+
+async def test_a_message_not_confirmed_fails_every_call_it_carries_and_marks_none(
+    store: FakeStore, publisher: FakePublisher
+):
+    operations = pending(store, 3)
+    sender, marks = publishes(store, publisher)
+    publisher.fail_after = 0
+    outcomes = await asyncio.gather(
+        *(sender.publish(Unpublished(o.id)) for o in operations), return_exceptions=True
+    )
+    assert all(isinstance(outcome, Unavailable) for outcome in outcomes)
+    await marks.flush()
+    assert not any(published(store, operations))  # left to the relay
 
 
 # --- publish_pending ------------------------------------------------------------------------
@@ -172,27 +233,41 @@ async def test_with_an_unhealthy_broker_the_relay_sends_nothing(
     assert not any(published(store, operations))
 
 
-async def test_a_publish_failure_midway_marks_only_what_was_sent(
+async def test_the_relay_sends_what_it_claimed_in_messages_of_at_most_their_size(
     store: FakeStore, publisher: FakePublisher
+):
+    old = pending(store, RELAY_BATCH + 44)
+    store.advance(GRACE * 2)
+    assert await relay(store, publisher) == len(old)
+    sizes = [len(message.operations) for message in publisher.messages]
+    assert sizes == [OPERATIONS_PER_MESSAGE] * (RELAY_BATCH // OPERATIONS_PER_MESSAGE) + [44]
+    assert len({message.id for message in publisher.messages}) == len(sizes)
+    # Each operation is marked with the message it went in.
+    for message in publisher.messages:
+        assert {store.row(i).message_id for i in message.operation_ids} == {message.id}
+
+
+async def test_a_publish_failure_midway_marks_only_what_was_sent(
+    store: FakeStore, publisher: FakePublisher, two_per_message: None
 ):
     operations = pending(store, 5)
     store.advance(GRACE * 2)
-    publisher.fail_after = 3
+    publisher.fail_after = 1  # the first message of two is confirmed, the next is not
     with capture_logs() as logs:
-        assert await relay(store, publisher) == 3
-    assert published(store, operations) == [True, True, True, False, False]
+        assert await relay(store, publisher) == 2
+    assert published(store, operations) == [True, True, False, False, False]
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["outbox.publish_failed"]
 
 
 async def test_a_second_run_sends_what_the_failed_one_left(
-    store: FakeStore, publisher: FakePublisher
+    store: FakeStore, publisher: FakePublisher, two_per_message: None
 ):
     operations = pending(store, 5)
     store.advance(GRACE * 2)
-    publisher.fail_after = 3
+    publisher.fail_after = 1
     await relay(store, publisher)
     publisher.fail_after = None
-    assert await relay(store, publisher) == 2
+    assert await relay(store, publisher) == 3
     assert publisher.published == [o.id for o in operations]
 
 
@@ -216,13 +291,13 @@ class SlowPublisher(FakePublisher):
         super().__init__()
         self.seconds = seconds
 
-    async def publish(self, operation_id: str, timeout: float) -> None:
+    async def publish(self, message: OutgoingMessage, timeout: float) -> None:
         await asyncio.sleep(self.seconds)
-        await super().publish(operation_id, timeout)
+        await super().publish(message, timeout)
 
 
 async def test_a_relay_stops_sending_before_its_claim_could_run_out_and_gives_the_rest_back(
-    store: FakeStore,
+    store: FakeStore, two_per_message: None
 ):
     operations = pending(store, 10)
     store.advance(GRACE * 2)
@@ -232,6 +307,7 @@ async def test_a_relay_stops_sending_before_its_claim_could_run_out_and_gives_th
             store, publisher, older_than=GRACE, publish_timeout=0.02, claim_seconds=0.1
         )
     assert 0 < sent < 10
+    assert sent % 2 == 0  # whole messages
     assert published(store, operations) == [True] * sent + [False] * (10 - sent)
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["outbox.claim_running_out"]
     left = [store.row(o.id).relay_claimed_until for o in operations[sent:]]
@@ -281,6 +357,23 @@ async def test_a_backlog_waiting_in_the_queue_is_not_requeued(store: FakeStore):
     waiting = published_long_ago(store, 10)
     assert await sweep(store, FakeQueue(ready=10)) == []
     assert all(published(store, waiting))
+
+
+async def test_a_backlog_is_counted_in_the_messages_it_waits_in(store: FakeStore):
+    """Ten operations sent in two messages, both ready in the queue: nothing is lost. (Counted
+    in operations, eight would be taken for lost and sent again.)"""
+    operations = pending(store, 10)
+    await store.mark_published(
+        [
+            OutgoingMessage("msg-first", tuple(Unpublished(o.id) for o in operations[:5])),
+            OutgoingMessage("msg-second", tuple(Unpublished(o.id) for o in operations[5:])),
+        ]
+    )
+    store.advance(120)
+    assert await sweep(store, FakeQueue(ready=2, consumers=0)) == []
+    # One of them gone (ready 1, no consumer): the older message's operations are lost.
+    lost = await sweep(store, FakeQueue(ready=1, consumers=0))
+    assert sorted(lost) == sorted(o.id for o in operations[:5])
 
 
 async def test_beyond_what_the_queue_and_its_consumers_may_hold_the_oldest_are_requeued(

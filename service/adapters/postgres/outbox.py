@@ -10,17 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from service.adapters.postgres.database import Database
-from service.usecases.ports import Unpublished
+from service.usecases.ports import OutgoingMessage, Unpublished
 
 # Only unfinished, unmarked rows: an operation already done needs no mark (the relay looks
 # at unfinished ones only) and is spared a row version. One held by another transaction is
 # skipped: a worker finishing it makes the mark needless, and otherwise the relay sends it
-# once more, which is harmless.
+# once more, which is harmless. The message it went in is recorded with it (migration 0012).
 _MARK_PUBLISHED = """
-UPDATE operations SET published_at = now()
-WHERE id IN (SELECT id FROM operations
-             WHERE id = ANY($1::text[]) AND published_at IS NULL AND NOT done
-             ORDER BY id FOR UPDATE SKIP LOCKED)
+UPDATE operations SET published_at = now(), message_id = sent.message_id
+FROM unnest($1::text[], $2::text[]) AS sent(operation_id, message_id)
+WHERE operations.id = sent.operation_id
+  AND operations.id IN (SELECT id FROM operations
+                        WHERE id = ANY($1::text[]) AND published_at IS NULL AND NOT done
+                        ORDER BY id FOR UPDATE SKIP LOCKED)
 """
 
 # A batch for one relay: committed at once, so the relay sends it outside any transaction;
@@ -53,17 +55,24 @@ WHERE id IN (SELECT id FROM operations WHERE NOT done AND lease_until < now()
 RETURNING id
 """
 
-# All but the newest $2 of the operations published more than $1 seconds ago and never
-# claimed (no lease: Updates never take one, a Create takes one when a worker starts it).
+# The operations published more than $1 seconds ago and never claimed (no lease: Updates
+# never take one, a Create takes one when a worker starts it), counted in the messages they
+# went in (an operation marked before messages were recorded is a message of its own): all
+# those of the messages but the newest $2.
 _REQUEUE_UNCLAIMED = """
 WITH candidate AS (
-    SELECT id, published_at FROM operations
+    SELECT id, published_at, coalesce(message_id, id) AS message FROM operations
     WHERE NOT done AND lease_until IS NULL
       AND published_at < now() - make_interval(secs => $1)
+), message AS (
+    SELECT message, max(published_at) AS published_at FROM candidate GROUP BY message
+), lost_message AS (
+    SELECT message FROM message ORDER BY published_at, message
+    LIMIT greatest((SELECT count(*) FROM message) - $2, 0)
 ), lost AS (
     SELECT id FROM operations
-    WHERE id IN (SELECT id FROM candidate ORDER BY published_at, id
-                 LIMIT greatest((SELECT count(*) FROM candidate) - $2, 0))
+    WHERE id IN (SELECT id FROM candidate
+                 WHERE message IN (SELECT message FROM lost_message))
       AND NOT done AND lease_until IS NULL AND published_at IS NOT NULL
     ORDER BY id
     FOR UPDATE SKIP LOCKED
@@ -80,9 +89,11 @@ class PostgresOutbox:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def mark_published(self, operation_ids: Sequence[str]) -> None:
+    async def mark_published(self, messages: Sequence[OutgoingMessage]) -> None:
+        operation_ids = [o.operation_id for m in messages for o in m.operations]
+        message_ids = [m.id for m in messages for _ in m.operations]
         async with self._db.connection() as conn:
-            await conn.execute(_MARK_PUBLISHED, list(operation_ids))
+            await conn.execute(_MARK_PUBLISHED, operation_ids, message_ids)
 
     async def claim_unpublished(
         self, older_than_seconds: float, limit: int, claim_seconds: float
@@ -104,8 +115,9 @@ class PostgresOutbox:
         return [row["id"] for row in rows]
 
     async def requeue_unclaimed(self, published_before_seconds: float, keep: int) -> list[str]:
-        """Of the operations published long ago and never claimed, those beyond the newest
-        ``keep``: their messages cannot all be waiting (the sweeper says how many may)."""
+        """Of the operations published long ago and never claimed, those of the messages
+        beyond the newest ``keep``: those messages cannot all be waiting (the sweeper says
+        how many may)."""
         async with self._db.connection() as conn:
             rows = await conn.fetch(_REQUEUE_UNCLAIMED, published_before_seconds, keep)
         return [row["id"] for row in rows]

@@ -17,6 +17,7 @@ from service.adapters.rabbitmq.consumer import (
     ConsumerWatch,
     Handler,
 )
+from service.adapters.rabbitmq.messages import encode_body, trace_headers
 from service.adapters.rabbitmq.topology import (
     dead_letter_queue,
     dead_letter_queue_arguments,
@@ -25,7 +26,7 @@ from service.adapters.rabbitmq.topology import (
 from service.domain.errors import Unavailable
 from service.runtime import tracing
 from service.runtime.retry import retrying
-from service.usecases.ports import QueueDepth
+from service.usecases.ports import OutgoingMessage, QueueDepth
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +56,10 @@ def broker_urls(amqp_url: str) -> list[str]:
     if not urls:
         raise ValueError("AMQP_URL holds no broker URL")
     return urls
+
+
+def _sent_context(headers: dict[str, str] | None) -> str | None:
+    return None if headers is None else headers.get("traceparent")
 
 
 def _node(url: str) -> str:
@@ -200,23 +205,34 @@ class Broker:
             arguments=queue_arguments(self._queue_name, self._delivery_limit),
         )
 
-    async def publish(self, operation_id: str, timeout: float) -> None:
-        """Send one operation ID and wait for the broker's confirm."""
+    async def publish(self, message: OutgoingMessage, timeout: float) -> None:
+        """Send one message (its operations and their trace contexts; the wire form is
+        ``messages``'s) and wait for the broker's confirm."""
         channel = self._channel
         if channel is None or channel.is_closed or not self._connected.is_set():
             raise Unavailable("message broker unavailable")
-        # The headers carry the trace context to the worker (None while tracing is off).
-        with tracing.publishing(self._queue_name, operation_id) as headers:
-            message = aio_pika.Message(
-                body=operation_id.encode(),
-                message_id=operation_id,
+        with contextlib.ExitStack() as spans:
+            # A producer span per operation, in the trace it was accepted in; their headers
+            # carry each one's context to the worker (none while tracing is off).
+            traceparents = [
+                _sent_context(
+                    spans.enter_context(
+                        tracing.publishing(self._queue_name, sent.operation_id, sent.trace_context)
+                    )
+                )
+                for sent in message.operations
+            ]
+            headers = trace_headers(traceparents)
+            amqp_message = aio_pika.Message(
+                body=encode_body(message.operation_ids),
+                message_id=message.id,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 content_type="text/plain",
-                headers=None if headers is None else {**headers},  # as a FieldTable
+                headers=headers,  # type: ignore[arg-type]  # lists of text are a FieldTable's
             )
             try:
                 await channel.default_exchange.publish(
-                    message, routing_key=self._queue_name, mandatory=True, timeout=timeout
+                    amqp_message, routing_key=self._queue_name, mandatory=True, timeout=timeout
                 )
             except aio_pika.exceptions.DeliveryError as exc:
                 if isinstance(exc.frame, aiormq.spec.Basic.Nack):

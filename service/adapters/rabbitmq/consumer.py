@@ -14,7 +14,9 @@ import aio_pika.abc
 import aiormq
 import structlog
 
+from service.adapters.rabbitmq.messages import decode
 from service.runtime.supervisor import Supervisor
+from service.usecases.ports import Unpublished
 
 log = structlog.get_logger(__name__)
 
@@ -39,23 +41,16 @@ class ConsumerWatch:
 
 @dataclass(frozen=True)
 class Delivery:
-    """One received message, reduced to what a handler needs: with the W3C trace context its
-    publisher sent (``traceparent`` header), if any."""
+    """One received message, reduced to what a handler needs: the operations it carries, each
+    with the W3C trace context its publisher sent, if any (``messages``)."""
 
-    operation_id: str
+    operations: tuple[Unpublished, ...]
     delivery_count: int
-    trace_context: str | None = None
+    message_id: str | None = None
 
 
 # Returns True to acknowledge the message, False to hand it back for redelivery.
 Handler = Callable[[Delivery], Awaitable[bool]]
-
-
-def _text(value: object) -> str | None:
-    """A header's text (AMQP may hand a string over as bytes); ``None`` if there is none."""
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return value if isinstance(value, str) else None
 
 
 ChannelFactory = Callable[[], Awaitable[aio_pika.abc.AbstractChannel]]
@@ -69,7 +64,8 @@ def consumer_is_lost(
 
 
 class Consumer:
-    """Runs a handler per message; acks after it returns True, requeues otherwise.
+    """Runs a handler per message; acks after it returns True, requeues otherwise (a message
+    carries several operations: the handler answers for all of them).
 
     It owns its channel. The broker subscribes it again after a reconnect
     (``ensure_subscribed``), but a consumer can still be lost on a live connection (cancelled
@@ -212,9 +208,9 @@ class Consumer:
         try:
             headers = message.headers or {}
             delivery = Delivery(
-                operation_id=message.body.decode(errors="replace"),
+                operations=decode(message.body, headers),
                 delivery_count=int(str(headers.get("x-delivery-count") or 0)),
-                trace_context=_text(headers.get("traceparent")),
+                message_id=message.message_id,
             )
             try:
                 ok = await self._handler(delivery)
@@ -224,7 +220,11 @@ class Consumer:
                     await message.nack(requeue=True)
                 raise
             except Exception:
-                log.exception("consumer.handler_failed", operation_id=delivery.operation_id)
+                log.exception(
+                    "consumer.handler_failed",
+                    message_id=delivery.message_id,
+                    operation_ids=[o.operation_id for o in delivery.operations[:20]],
+                )
                 ok = False
             try:
                 if ok:
@@ -234,7 +234,7 @@ class Consumer:
             except (OSError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
                 # The channel went with its connection: the broker hands the message out
                 # again, and a done operation claims nothing the second time.
-                log.info("consumer.ack_lost", operation_id=delivery.operation_id, error=repr(exc))
+                log.info("consumer.ack_lost", message_id=delivery.message_id, error=repr(exc))
         finally:
             self._in_flight.discard(task)
 
