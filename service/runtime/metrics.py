@@ -94,7 +94,8 @@ OPERATION_DURATION = Histogram(
 BATCH_SIZE = Histogram(
     "image_service_batch_size",
     "Items handled by one statement of a micro-batch: accept_updates (API group commit), "
-    "read_operations (API polls), apply_updates (worker).",
+    "read_operations (API polls), publish (operations in one message the API sends), "
+    "apply_updates (worker).",
     ("batch",),
     buckets=_BATCH_BUCKETS,
 )
@@ -102,6 +103,17 @@ RETRIES = Counter(
     "image_service_retries",
     "Retries of a failed step, by step and cause (the exception's class).",
     ("name", "cause"),
+)
+RECEIVED_MESSAGES = Counter(
+    "image_service_received_messages",
+    "Messages a worker received from a queue, redeliveries included.",
+    ("queue",),
+)
+RECEIVED_OPERATIONS = Counter(
+    "image_service_received_operations",
+    "Operations carried by the messages a worker received (a message carries several), "
+    "redeliveries and copies included.",
+    ("queue",),
 )
 DEAD_LETTERED = Counter(
     "image_service_dead_lettered_messages",
@@ -161,6 +173,11 @@ def operation_finished(kind: str, outcome: str, seconds: float) -> None:
 def batch_size(batch: str) -> Callable[[float], None]:
     """Records the size of each batch of the micro-batch ``batch``."""
     return BATCH_SIZE.labels(batch).observe
+
+
+def message_received(queue: str, operations: int) -> None:
+    RECEIVED_MESSAGES.labels(queue).inc()
+    RECEIVED_OPERATIONS.labels(queue).inc(operations)
 
 
 def retried(name: str, cause: str) -> None:

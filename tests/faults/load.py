@@ -286,16 +286,19 @@ class Stack:
         self.started: list[ServiceProcess] = []
         self.count = itertools.count()
 
-    def _process(self, module: str) -> ServiceProcess:
-        process = ServiceProcess(module, self.env, self.logs / f"{module}-{next(self.count)}.log")
+    def _process(self, module: str, **env: str) -> ServiceProcess:
+        process = ServiceProcess(
+            module, {**self.env, **env}, self.logs / f"{module}-{next(self.count)}.log"
+        )
         self.started.append(process)
         return process
 
     async def start_api(self) -> None:
         self.api = await self._process("service").start().wait_started()
 
-    async def start_worker(self) -> None:
-        self.workers.append(await self._process("workers").start().wait_started())
+    async def start_worker(self, **env: str) -> None:
+        """A worker process; ``env`` adds to the stack's environment for this one."""
+        self.workers.append(await self._process("workers", **env).start().wait_started())
 
     def kill_api(self) -> None:
         assert self.api is not None

@@ -15,6 +15,7 @@ import aiormq
 import structlog
 
 from service.adapters.rabbitmq.messages import decode
+from service.runtime import metrics
 from service.runtime.supervisor import Supervisor
 from service.usecases.ports import Unpublished
 
@@ -212,6 +213,7 @@ class Consumer:
                 delivery_count=int(str(headers.get("x-delivery-count") or 0)),
                 message_id=message.message_id,
             )
+            metrics.message_received(self._queue_name, len(delivery.operations))
             try:
                 ok = await self._handler(delivery)
             except asyncio.CancelledError:
