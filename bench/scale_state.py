@@ -12,10 +12,26 @@ from service.adapters.postgres.database import Database
 from service.adapters.postgres.outbox import PostgresOutbox
 from service.domain.ids import IMAGE_PREFIX, OPERATION_PREFIX, new_id
 from service.usecases.outbox import publish_pending
+from service.usecases.ports import OutgoingMessage, Publisher
 
 # Outbox relays sending the backlog side by side, as relays in several worker processes do
 # (each claims its batches): the worker is held back meanwhile, and not for long.
 RELAYS = 8
+
+
+class CountingPublisher:
+    """Publishes through ``publisher``, counting the messages it sent."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self.messages = 0
+
+    def is_healthy(self) -> bool:
+        return self._publisher.is_healthy()
+
+    async def publish(self, message: OutgoingMessage, timeout: float) -> None:
+        await self._publisher.publish(message, timeout)
+        self.messages += 1
 
 
 async def insert_images(stack: Stack, count: int, folders: int) -> list[str]:
@@ -63,12 +79,13 @@ async def queue_backlog(stack: Stack, image_ids: list[str]) -> dict[str, float]:
     db = await Database.connect(stack.url, min_size=1, max_size=RELAYS, command_timeout=60)
     try:
         async with connected(settings) as broker:
+            counting = CountingPublisher(broker)
 
             async def relay() -> int:
                 published = 0
                 while sent := await publish_pending(
                     PostgresOutbox(db),
-                    broker,
+                    counting,
                     older_than=settings.outbox_grace_seconds,
                     publish_timeout=settings.publish_timeout_seconds,
                 ):
@@ -80,10 +97,11 @@ async def queue_backlog(stack: Stack, image_ids: list[str]) -> dict[str, float]:
                 raise SystemExit(f"the relays sent {published} of {len(image_ids)}")
 
             async def queued() -> bool:
-                # A held-back worker holds a full prefetch of them, unacknowledged.
+                # Counted in messages, as the broker counts: a held-back worker holds a full
+                # prefetch of them, unacknowledged.
                 depth = await broker.queue_depth()
                 held = depth.consumers * settings.worker_concurrency
-                return depth.ready + held >= len(image_ids)
+                return depth.ready + held >= counting.messages
 
             if not await poll(queued, 30):
                 raise SystemExit("the queue does not hold the operations the relay sent")
