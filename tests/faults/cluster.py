@@ -471,7 +471,9 @@ class PrivatePostgres(_PrivateService):
 
     The first :meth:`start` runs ``initdb``; later ones reuse the data (after :meth:`kill`,
     through crash recovery). ``fsync``, ``synchronous_commit`` and ``full_page_writes`` are on.
-    ``settings`` are more server parameters, passed as ``-c`` options.
+    ``settings`` are more server parameters, passed as ``-c`` options. With ``standby_of``, the
+    first start takes a base backup of that (running) server instead, and the server starts as
+    its streaming standby (:meth:`promote` makes it a primary).
     """
 
     user = "postgres"
@@ -483,8 +485,10 @@ class PrivatePostgres(_PrivateService):
         *,
         port: int | None = None,
         settings: Mapping[str, str] | None = None,
+        standby_of: PrivatePostgres | None = None,
     ) -> None:
         super().__init__(base_dir)
+        self.standby_of = standby_of
         self.port = port if port is not None else free_port()
         self.settings = dict(settings or {})
         self.data_dir = self.base_dir / "data"
@@ -501,7 +505,10 @@ class PrivatePostgres(_PrivateService):
         with self._timed("start"):
             self._prepare_base_dir()
             if not (self.data_dir / "PG_VERSION").exists():
-                self._initdb()
+                if self.standby_of is None:
+                    self._initdb()
+                else:
+                    self._base_backup(self.standby_of)
             settings = {
                 "listen_addresses": "127.0.0.1",
                 "port": str(self.port),
@@ -536,6 +543,44 @@ class PrivatePostgres(_PrivateService):
                     "--no-instructions",
                 ],
                 timeout=120,
+            )
+
+    def _base_backup(self, primary: PrivatePostgres) -> None:
+        """The primary's data, streamed, with ``standby.signal`` and ``primary_conninfo``
+        written (``-R``): started, this server follows the primary."""
+        for path in (self.data_dir, self.socket_dir):
+            path.mkdir(mode=0o700, exist_ok=True)
+            self._chown(path)
+        with self._timed("base_backup"):
+            self._run(
+                [
+                    str(PG_BIN / "pg_basebackup"),
+                    f"--pgdata={self.data_dir}",
+                    "--host=127.0.0.1",
+                    f"--port={primary.port}",
+                    "--username=postgres",
+                    "--wal-method=stream",
+                    "--write-recovery-conf",
+                    "--checkpoint=fast",
+                ],
+                timeout=120,
+            )
+
+    def promote(self, timeout: float = 60) -> None:
+        """End recovery: this standby becomes a primary; returns once it takes writes."""
+        self._require_running()
+        with self._timed("promote"):
+            self._run(
+                [
+                    str(PG_BIN / "pg_ctl"),
+                    "promote",
+                    "-w",
+                    "-t",
+                    str(int(timeout)),
+                    "-D",
+                    str(self.data_dir),
+                ],
+                timeout=timeout + 10,
             )
 
     def _accepts_connections(self) -> bool:

@@ -15,6 +15,7 @@ from service.domain.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Unavailable,
 )
 from service.domain.model import (
     DESCRIPTIONS,
@@ -111,6 +112,14 @@ def test_a_rate_limit_carries_its_retry_delay():
     assert details_of(status) == ["google.rpc.RetryInfo", "google.rpc.RequestInfo"]
     retry = unpack(status.details[0], error_details_pb2.RetryInfo)
     assert retry.retry_delay.ToTimedelta() == timedelta(seconds=1.5)  # type: ignore[attr-defined]
+
+
+def test_an_unavailable_dependency_carries_the_advice_to_retry():
+    status = error_status(Unavailable("database unavailable: the server is read-only"), REQUEST_ID)
+    assert status.code == Code.UNAVAILABLE
+    assert details_of(status) == ["google.rpc.RetryInfo", "google.rpc.RequestInfo"]
+    retry = unpack(status.details[0], error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToTimedelta() == timedelta(seconds=1)  # type: ignore[attr-defined]
 
 
 def test_a_zero_retry_delay_is_sent_as_one_millisecond():

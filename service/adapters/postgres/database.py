@@ -1,6 +1,7 @@
 """The connection pool, and the one place driver errors become domain errors.
 
-A lost or refused connection becomes ``Unavailable`` (retryable), a broken unique name
+A lost or refused connection, or a write refused by a read-only server (a standby, a demoted
+primary), becomes ``Unavailable`` (retryable), a broken unique name
 constraint ``AlreadyExists`` (naming the name, where a statement passes it), a value the
 database cannot store ``InvalidArgument``. Callers above the adapters see domain types only.
 The other adapter modules catch a driver error only to take another path (a batch that hits
@@ -40,6 +41,11 @@ from service.domain.errors import (
 log = structlog.get_logger(__name__)
 
 TRANSIENT_ERRORS = (
+    # A write on a server that is read-only (SQLSTATE 25006): a standby, or a primary demoted
+    # under a pooled connection (MagicStack/asyncpg#253). The connection is dropped
+    # (``Database.connection``), so the next one goes where ``target_session_attrs`` finds the
+    # primary; the call is retryable.
+    asyncpg.ReadOnlySQLTransactionError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
@@ -86,6 +92,8 @@ def translate_errors(image_name: str | None = None) -> Iterator[None]:
         raise InvalidArgument(
             [FieldViolation("request", "contains a value that cannot be stored or compared")]
         ) from exc
+    except asyncpg.ReadOnlySQLTransactionError as exc:
+        raise Unavailable("database unavailable: the server is read-only (a standby)") from exc
     except TRANSIENT_ERRORS as exc:
         raise Unavailable(f"database unavailable: {type(exc).__name__}") from exc
     except asyncpg.InternalClientError as exc:
@@ -156,8 +164,10 @@ class Database:
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                 try:
                     yield conn
-                except asyncpg.InternalClientError:
-                    conn.terminate()  # broken underneath: never back into the pool
+                except (asyncpg.InternalClientError, asyncpg.ReadOnlySQLTransactionError):
+                    # Broken underneath, or on a server that no longer takes writes: never
+                    # back into the pool.
+                    conn.terminate()
                     raise
 
     @contextlib.asynccontextmanager

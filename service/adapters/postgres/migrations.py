@@ -32,8 +32,35 @@ log = structlog.get_logger(__name__)
 
 
 def _yoyo_url(database_url: str) -> str:
-    parts = urlsplit(database_url)
+    """yoyo's URL for the one server of ``database_url`` to migrate.
+
+    ``DATABASE_URL`` may name several hosts (``host1:port1,host2:port2``) with
+    ``target_session_attrs`` (``read-write`` to find the primary), as asyncpg and libpq take
+    it; yoyo parses its URL itself and takes one host only. So libpq (psycopg) picks the host
+    first, by the URL's own rules, and yoyo is given that host alone.
+    """
+    parts = urlsplit(_chosen_host(database_url))
     return urlunsplit(parts._replace(scheme="postgresql+psycopg"))
+
+
+def _chosen_host(database_url: str) -> str:
+    """``database_url`` with the one host libpq connects to for it in place of its hosts
+    (and without ``target_session_attrs``, which that host satisfies)."""
+    parts = urlsplit(database_url)
+    if "," not in parts.netloc and "target_session_attrs" not in parts.query:
+        return database_url
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        host, port = conn.info.host, conn.info.port
+    userinfo, _, _ = parts.netloc.rpartition("@")
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+    query = "&".join(
+        pair
+        for pair in parts.query.split("&")
+        if pair and not pair.startswith("target_session_attrs=")
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def ensure_database(database_url: str) -> None:

@@ -33,6 +33,7 @@ from service.domain.errors import (
     InvalidArgument,
     ResourceExhausted,
     ServiceError,
+    Unavailable,
 )
 from service.entrypoints.grpc.convert import EncodedOperation, pack
 from service.entrypoints.grpc.traced import traced
@@ -64,6 +65,9 @@ ANONYMOUS = Principal(subject="(anonymous)", role=Role.VIEWER, folders=frozenset
 # The longest authorization header read; anything longer is not a token of ours.
 MAX_AUTHORIZATION_LENGTH = 4096
 MAX_CLIENT_ID_LENGTH = 128
+# The retry advice of an UNAVAILABLE answer (a dependency down, a database failing over):
+# google.rpc.RetryInfo, and REST's Retry-After. Clients back off from there.
+UNAVAILABLE_RETRY_SECONDS = 1.0
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 Serializer = Callable[[Any], bytes]
@@ -74,6 +78,12 @@ _Metadata = tuple[tuple[str, str], ...]
 def caller() -> Principal:
     """The authenticated caller of the RPC being served."""
     return _CALLER.get()
+
+
+def _retry_info(seconds: float) -> Any:
+    delay = duration_pb2.Duration()
+    delay.FromTimedelta(timedelta(seconds=max(seconds, 0.001)))
+    return pack(error_details_pb2.RetryInfo(retry_delay=delay))
 
 
 def error_status(exc: ServiceError, request_id: str) -> status_pb2.Status:
@@ -92,11 +102,11 @@ def error_status(exc: ServiceError, request_id: str) -> status_pb2.Status:
                 )
             )
         )
+    if isinstance(exc, Unavailable):
+        details.append(_retry_info(UNAVAILABLE_RETRY_SECONDS))
     if isinstance(exc, ResourceExhausted):
         if exc.retry_after is not None:
-            delay = duration_pb2.Duration()
-            delay.FromTimedelta(timedelta(seconds=max(exc.retry_after, 0.001)))
-            details.append(pack(error_details_pb2.RetryInfo(retry_delay=delay)))
+            details.append(_retry_info(exc.retry_after))
         if exc.quota:
             details.append(
                 pack(
