@@ -583,6 +583,13 @@ class PrivatePostgres(_PrivateService):
                 timeout=timeout + 10,
             )
 
+    def freeze(self) -> None:
+        """Hang, as a host that stops answering does: SIGSTOP the postmaster and every backend.
+        Their sockets stay open, so clients see no error, only silence."""
+        self._require_running()
+        for pid in [self.pid, *_descendants(self.pid)]:
+            _signal(pid, signal.SIGSTOP)
+
     def _accepts_connections(self) -> bool:
         # pg_isready exits 0 when accepting, 1 when rejecting (starting, recovering), 2 when
         # there is no answer.

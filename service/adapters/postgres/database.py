@@ -24,7 +24,8 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
-from typing import TypeAlias
+from typing import Any, TypeAlias, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import structlog
@@ -103,6 +104,59 @@ def translate_errors(image_name: str | None = None) -> Iterator[None]:
         raise Unavailable("database unavailable: connection lost") from exc
 
 
+# How long one host of DATABASE_URL has to accept a connection before the next is tried. A
+# host that died refuses at once; one that hangs (frozen, or cut off without a reset) would
+# otherwise take a connect's whole timeout and leave the hosts after it untried
+# (MagicStack/asyncpg#1155), so a failover to a standby listed second would never be found.
+CONNECT_TIMEOUT_PER_HOST_SECONDS = 2.0
+
+
+def single_host_dsns(dsn: str) -> list[str]:
+    """One DSN per host of ``dsn`` (``postgresql://u@h1:p1,h2:p2/db?...``), in its order, each
+    with the rest of ``dsn`` (user, database, parameters such as ``target_session_attrs``)."""
+    parts = urlsplit(dsn)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return [dsn]
+    return [
+        urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host.strip()}"))
+        for host in hosts.split(",")
+        if host.strip()
+    ]
+
+
+class HostByHost:
+    """Connects to the hosts of a DSN one at a time, each given
+    ``CONNECT_TIMEOUT_PER_HOST_SECONDS``, starting with the one that last accepted: a hung
+    host costs a connect that long, not the whole timeout, and is then passed over. Each
+    host's connection is checked against the DSN's ``target_session_attrs`` (asyncpg's own
+    check), so with ``read-write`` only the primary is taken. The pool's ``connect``."""
+
+    def __init__(self) -> None:
+        self._last_good: str | None = None
+
+    async def __call__(self, dsn: str, **kwargs: Any) -> asyncpg.Connection:
+        hosts = single_host_dsns(dsn)
+        if len(hosts) == 1:
+            alone: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
+            return alone
+        if self._last_good in hosts:
+            hosts.remove(self._last_good)
+            hosts.insert(0, self._last_good)
+        timeout = min(kwargs.pop("timeout", 60.0), CONNECT_TIMEOUT_PER_HOST_SECONDS)
+        error: BaseException | None = None
+        for host in hosts:
+            try:
+                conn: asyncpg.Connection = await asyncpg.connect(host, timeout=timeout, **kwargs)
+            except (*TRANSIENT_ERRORS, asyncpg.TargetServerAttributeNotMatched) as exc:
+                error = exc
+                continue
+            self._last_good = host
+            return conn
+        assert error is not None
+        raise error
+
+
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Released connections need no reset: nothing here changes session state (no SET, no
     LISTEN, no advisory locks), so asyncpg's default reset would be a wasted round trip."""
@@ -141,6 +195,9 @@ class Database:
         with translate_errors():
             pool = await asyncpg.create_pool(
                 dsn,
+                # The stubs' protocol spells out every keyword of asyncpg.connect, which
+                # HostByHost passes on as they come.
+                connect=cast(Any, HostByHost()),
                 min_size=min_size,
                 max_size=max_size,
                 command_timeout=command_timeout,
@@ -164,8 +221,13 @@ class Database:
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                 try:
                     yield conn
-                except (asyncpg.InternalClientError, asyncpg.ReadOnlySQLTransactionError):
-                    # Broken underneath, or on a server that no longer takes writes: never
+                except (
+                    asyncpg.InternalClientError,
+                    asyncpg.ReadOnlySQLTransactionError,
+                    TimeoutError,
+                ):
+                    # Broken underneath, on a server that no longer takes writes, or on one
+                    # that stopped answering (a statement past the command timeout): never
                     # back into the pool.
                     conn.terminate()
                     raise

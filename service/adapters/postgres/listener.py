@@ -16,7 +16,7 @@ from datetime import datetime
 import asyncpg
 import structlog
 
-from service.adapters.postgres.database import translate_errors
+from service.adapters.postgres.database import HostByHost, single_host_dsns, translate_errors
 from service.adapters.postgres.rows import operation_from_row
 from service.domain.errors import Unavailable
 from service.domain.model import Operation
@@ -25,6 +25,15 @@ from service.runtime.retry import retrying
 log = structlog.get_logger(__name__)
 
 CHANNEL = "operation_finished"
+# With several hosts in DATABASE_URL (a primary and its standbys), how often the listening
+# connection is asked whether its server still answers and still takes writes, and how long
+# it may take: a server that hung (its socket open and silent) or was demoted to a standby no
+# longer sends the primary's notifications, so the listener moves to the server DATABASE_URL
+# now finds (the promoted standby), and waiters look again. With one host there is nowhere
+# else to go, and the listener sends nothing while it waits (a closed connection is noticed
+# without asking).
+CHECK_INTERVAL_SECONDS = 2.0
+CHECK_TIMEOUT_SECONDS = 2.0
 
 
 def finished_operation(payload: str) -> tuple[str, Operation | None]:
@@ -59,6 +68,7 @@ class DoneListener:
         self._dsn = dsn
         self._on_done = on_done
         self._on_reconnect = on_reconnect
+        self._connect_host = HostByHost()
 
     def _notified(self, payload: str) -> None:
         try:
@@ -73,7 +83,7 @@ class DoneListener:
     async def _connect(self) -> asyncpg.Connection:
         async for attempt in retrying("listener.connect", on=(Unavailable, asyncpg.PostgresError)):
             with attempt, translate_errors():
-                return await asyncpg.connect(self._dsn, timeout=10)
+                return await self._connect_host(self._dsn, timeout=10)
         raise AssertionError("retrying forever returned")
 
     async def run(self) -> None:
@@ -88,10 +98,33 @@ class DoneListener:
                         CHANNEL, lambda _c, _p, _ch, payload: self._notified(payload)
                     )
                 self._on_reconnect()
-                await lost.wait()
-                log.warning("listener.connection_lost")
+                reason = await _until_lost(conn, lost, checked=len(single_host_dsns(self._dsn)) > 1)
+                log.warning("listener.connection_lost", reason=reason)
             except Unavailable as exc:
                 log.warning("listener.failed", error=exc.message)
             finally:
                 if not conn.is_closed():
                     conn.terminate()
+
+
+async def _until_lost(conn: asyncpg.Connection, lost: asyncio.Event, *, checked: bool) -> str:
+    """Wait until the connection closes or, ``checked``, stops answering or its server
+    becomes a standby; returns which."""
+    if not checked:
+        await lost.wait()
+        return "closed"
+    while True:
+        try:
+            await asyncio.wait_for(lost.wait(), CHECK_INTERVAL_SECONDS)
+        except TimeoutError:
+            pass
+        else:
+            return "closed"
+        try:
+            in_recovery = await conn.fetchval(
+                "SELECT pg_is_in_recovery()", timeout=CHECK_TIMEOUT_SECONDS
+            )
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            return "not answering"
+        if in_recovery:
+            return "a standby"
