@@ -21,7 +21,8 @@ import grpc
 import pytest
 
 from tests.conftest import AMQP_URL
-from tests.faults.cluster import PrivatePostgres, new_base_dir
+from tests.faults.cluster import PrivatePostgres
+from tests.faults.conftest import primary_with_standby
 from tests.faults.test_postgres_standby import DATABASE, both, service
 from tests.support import ServiceProcess, base_env, connect, create_token, eventually
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
@@ -35,16 +36,8 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 @pytest.fixture
 async def servers() -> AsyncIterator[tuple[PrivatePostgres, PrivatePostgres]]:
-    primary = PrivatePostgres(
-        new_base_dir("faults-pg-primary-"), settings={"synchronous_standby_names": "*"}
-    )
-    standby = PrivatePostgres(new_base_dir("faults-pg-standby-"), standby_of=primary)
-    try:
-        await asyncio.to_thread(primary.start)
-        await asyncio.to_thread(standby.start)
-        yield primary, standby
-    finally:
-        await asyncio.gather(asyncio.to_thread(standby.cleanup), asyncio.to_thread(primary.cleanup))
+    async with primary_with_standby() as both_servers:
+        yield both_servers
 
 
 class Client:

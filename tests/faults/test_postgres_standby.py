@@ -18,8 +18,9 @@ import pytest
 from grpc_status import rpc_status
 
 from tests.conftest import AMQP_URL
-from tests.faults.cluster import PrivatePostgres, new_base_dir
-from tests.support import ROOT, ServiceProcess, base_env, connect, create_token, eventually
+from tests.faults.cluster import PrivatePostgres
+from tests.faults.conftest import primary_with_standby
+from tests.support import ROOT, ServiceProcess, base_env, connect, create_token
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
 
 DATABASE = "images"
@@ -28,24 +29,8 @@ MIGRATIONS = 12  # the files in migrations/
 
 @pytest.fixture(scope="module")
 async def servers() -> AsyncIterator[tuple[PrivatePostgres, PrivatePostgres]]:
-    primary = PrivatePostgres(
-        new_base_dir("faults-pg-primary-"), settings={"synchronous_standby_names": "*"}
-    )
-    standby = PrivatePostgres(new_base_dir("faults-pg-standby-"), standby_of=primary)
-    try:
-        await asyncio.to_thread(primary.start)
-        await asyncio.to_thread(standby.start)
-
-        async def synchronous() -> bool:
-            state = await asyncio.to_thread(
-                primary.psql, "SELECT string_agg(sync_state, ',') FROM pg_stat_replication"
-            )
-            return state.strip() == "sync"
-
-        await eventually(synchronous, timeout=60, what="the standby to be synchronous")
-        yield primary, standby
-    finally:
-        await asyncio.gather(asyncio.to_thread(standby.cleanup), asyncio.to_thread(primary.cleanup))
+    async with primary_with_standby() as both_servers:
+        yield both_servers
 
 
 def both(primary: PrivatePostgres, standby: PrivatePostgres) -> str:
