@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 import structlog
 
 from service.domain.auth import Principal
-from service.domain.errors import Code, NotFound
+from service.domain.errors import Code, NotFound, Unavailable
 from service.domain.model import Operation, OperationError, utcnow
 from service.domain.validation import validate_operation_id
 from service.runtime import metrics
@@ -33,6 +33,9 @@ from service.usecases.ports import Finishes, Reads
 from service.usecases.undo import end_with_error
 
 log = structlog.get_logger(__name__)
+
+# A waiter whose re-read found the database unavailable tries again after this long.
+REREAD_PAUSE_SECONDS = 0.5
 
 # An operation as an entry point sends it; opaque here.
 Encoded = TypeVar("Encoded")
@@ -145,11 +148,22 @@ class Operations(Generic[Encoded]):
         """
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout
+        first = True
         while True:
             future = self._waiters.register(operation_id)
             try:
                 # Read after registering: a finish between the read and the wait is not missed.
-                operation = await self.get_operation(operation_id, caller)
+                try:
+                    operation = await self.get_operation(operation_id, caller)
+                except Unavailable:
+                    # A re-read after a wake-up (the listener reconnected: the database may be
+                    # failing over) is tried again while the caller's time lasts; the first
+                    # read's failure is the caller's to retry.
+                    if first or give_up - loop.time() <= REREAD_PAUSE_SECONDS:
+                        raise
+                    await asyncio.sleep(REREAD_PAUSE_SECONDS)
+                    continue
+                first = False
                 remaining = give_up - loop.time()
                 if operation.done or remaining <= 0:
                     return operation

@@ -19,8 +19,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.longrunning import operations_pb2, operations_pb2_grpc
+from google.protobuf import duration_pb2
 
 from tests.conftest import AMQP_URL
+from tests.e2e.test_metrics import metrics_port
+from tests.e2e.test_wait_operation import wait_operations_started
 from tests.faults.cluster import PrivatePostgres
 from tests.faults.conftest import primary_with_standby
 from tests.faults.test_postgres_standby import DATABASE, both, service
@@ -31,6 +35,7 @@ from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_
 ACCEPTED_AGAIN_WITHIN = 15.0
 IMAGES = 40
 CALL_DEADLINE = 2.0
+WAIT_SECONDS = 45  # a waiter not woken by the new primary's notification answers not done
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -85,23 +90,47 @@ async def fail_over(
         AMQP_URL=AMQP_URL,
         AMQP_QUEUE=f"faults-failover-{uuid.uuid4().hex[:6]}",
         GRPC_LISTEN="127.0.0.1:0",
+        METRICS_LISTEN="127.0.0.1:0",
         DB_COMMAND_TIMEOUT_SECONDS="5",
         OUTBOX_INTERVAL_SECONDS="0.5",
         SWEEP_INTERVAL_SECONDS="1",
     )
     api = await ServiceProcess("service", env, tmp_path / "api.log").start().wait_started()
-    worker = await ServiceProcess("workers", env, tmp_path / "worker.log").start().wait_started()
+    worker = ServiceProcess("workers", env, tmp_path / "worker.log")
     try:
         async with connect(api.address, token) as channel:
             client = Client(image_service_pb2_grpc.ImageServiceStub(channel))
             operations = operation_service_pb2_grpc.OperationServiceStub(channel)
+            lro = operations_pb2_grpc.OperationsStub(channel)
             before = image_ids[: IMAGES // 4]
             await asyncio.gather(*(client.update(i, time.monotonic() + 30) for i in before))
             assert len(client.accepted) == len(before), client.codes
+            # Waiters on the Updates accepted before the fault, which no worker has applied
+            # yet: they are finished on the new primary, whose notification must reach them.
+            waiting = [
+                asyncio.ensure_future(
+                    lro.WaitOperation(
+                        operations_pb2.WaitOperationRequest(
+                            name=client.accepted[i][0],
+                            timeout=duration_pb2.Duration(seconds=WAIT_SECONDS),
+                        )
+                    )
+                )
+                for i in before
+            ]
+            port = metrics_port(api)
+
+            async def registered() -> bool:
+                # Each waiter has read its operation (before the fault) once its call started.
+                started = await asyncio.to_thread(wait_operations_started, port)
+                return started >= len(waiting)
+
+            await eventually(registered, timeout=30, what="the waiters' calls")
 
             faulted = time.monotonic()
             await asyncio.to_thread(fault, primary)
             await asyncio.to_thread(standby.promote)
+            await worker.start().wait_started()
             after = image_ids[IMAGES // 4 :]
             await asyncio.gather(*(client.update(i, faulted + 60) for i in after))
 
@@ -112,6 +141,14 @@ async def fail_over(
             assert first_again - faulted <= ACCEPTED_AGAIN_WITHIN
             assert "INTERNAL" not in client.codes, client.codes
             assert "UNKNOWN" not in client.codes, client.codes
+
+            # Before anything else reads them: only the new primary's notification wakes them.
+            woken = await asyncio.wait_for(asyncio.gather(*waiting), WAIT_SECONDS + 10)
+            woken_after = time.monotonic() - faulted
+            print(f"waiters across the failover answered {woken_after:.1f} s after the fault")
+            assert all(op.done for op in woken)
+            # Woken by the notification, not answered at their timeout with what a read found.
+            assert woken_after < WAIT_SECONDS / 2, "the waiters were not woken"
 
             async def all_done() -> bool:
                 for operation_id, _ in client.accepted.values():

@@ -234,6 +234,7 @@ class FakeStore:
         self.mark_batches: list[list[str]] = []
         self.decline_updates = False
         self.failing_marks = 0
+        self.failing_reads = 0  # how many of the next get_operations raise Unavailable
         self._lock = asyncio.Lock()
 
     # --- time and test set-up ---------------------------------------------------------------
@@ -524,6 +525,9 @@ class FakeStore:
 
     async def get_operations(self, operation_ids: Sequence[str]) -> list[Operation | None]:
         self.calls["get_operations"] += 1
+        if self.failing_reads > 0:
+            self.failing_reads -= 1
+            raise Unavailable("database unreachable")
         self.operation_reads += len(operation_ids)
         rows = [self.state.operations.get(operation_id) for operation_id in operation_ids]
         return [None if row is None else row.operation for row in rows]

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from service.domain.errors import Code, InvalidArgument, NotFound, PermissionDenied
+from service.domain.errors import Code, InvalidArgument, NotFound, PermissionDenied, Unavailable
 from service.domain.model import (
     ImageStatus,
     Operation,
@@ -238,6 +238,31 @@ async def test_wait_woken_without_the_operation_reads_it_once_more(
     got = await asyncio.wait_for(waiting, 1)
     assert got.done
     assert store.operation_reads == 2
+
+
+async def test_a_waiter_whose_re_read_finds_the_database_unavailable_keeps_waiting(
+    operations: Operations, store: FakeStore, waiters: WatchedWaiters
+):
+    """Woken while the database fails over (the listener reconnected), its re-read fails:
+    it reads again shortly, within its own time, instead of answering UNAVAILABLE."""
+    operation = running(store)
+    waiting = asyncio.create_task(operations.wait_operation(operation.id, 30, viewer()))
+    await until(lambda: waiters.active == 1 and store.operation_reads == 1, what="the first look")
+    await finish_in_store(store, operation.id)
+    store.failing_reads = 1
+    operations.operation_finished(operation.id, None)
+    got = await asyncio.wait_for(waiting, 5)
+    assert got.done
+    assert store.failing_reads == 0
+
+
+async def test_a_waiters_first_read_that_fails_is_the_callers_to_retry(
+    operations: Operations, store: FakeStore
+):
+    operation = running(store)
+    store.failing_reads = 1
+    with pytest.raises(Unavailable):
+        await operations.wait_operation(operation.id, 30, viewer())
 
 
 async def test_wait_returns_the_current_state_after_the_timeout(
