@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -41,6 +42,14 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, ServiceError) and exc.retryable
 
 
+async def _all_of(steps: list[Coroutine[Any, Any, bool]]) -> bool:
+    """Run the steps of a message's operations together; True if every one succeeded. A
+    message of one operation (most, at low load) runs it in place, with no task of its own."""
+    if len(steps) == 1:
+        return await steps[0]
+    return all(await asyncio.gather(*steps))
+
+
 class WorkerPool:
     """The handlers of the two queues and the steps of the side loops."""
 
@@ -54,10 +63,9 @@ class WorkerPool:
         ours to do. They run together (the Updates among them in one statement); if one
         cannot be done now, the message goes back, and those done already are skipped when
         it comes again."""
-        done = await asyncio.gather(
-            *(self._execute(operation, delivery) for operation in delivery.operations)
+        return await _all_of(
+            [self._execute(operation, delivery) for operation in delivery.operations]
         )
-        return all(done)
 
     async def _execute(self, operation: Unpublished, delivery: Delivery) -> bool:
         operation_id = operation.operation_id
@@ -72,12 +80,10 @@ class WorkerPool:
     async def abandon_dead_letter(self, delivery: Delivery) -> bool:
         """Dead-letter handler: the message failed too often; finish its operations (those
         done meanwhile are left as they are)."""
-        done = await asyncio.gather(
-            *(self._abandon(operation) for operation in delivery.operations)
-        )
-        if all(done):  # counted once, not once per redelivery of a message that failed
+        done = await _all_of([self._abandon(operation) for operation in delivery.operations])
+        if done:  # counted once, not once per redelivery of a message that failed
             metrics.DEAD_LETTERED.inc()
-        return all(done)
+        return done
 
     async def _abandon(self, operation: Unpublished) -> bool:
         queue = dead_letter_queue(self._settings.amqp_queue)

@@ -93,12 +93,13 @@ class PublishedMarks:
     async def flush(self) -> None:
         self._wakeup.clear()
         while self._pending:
-            batch: list[OutgoingMessage] = []
-            operations = 0
-            while self._pending and (not batch or operations < self._batch):
-                message = self._pending.pop(0)
-                batch.append(message)
+            taken = operations = 0
+            for message in self._pending:  # whole messages, about ``batch`` operations
+                taken += 1
                 operations += len(message.operations)
+                if operations >= self._batch:
+                    break
+            batch, self._pending = self._pending[:taken], self._pending[taken:]
             try:
                 await self._outbox.mark_published(batch)
             except ServiceError as exc:
