@@ -16,7 +16,9 @@ same load generator (separate processes):
 Then, unless skipped: the same API against a conventional Celery build, by the same
 SDK-shaped client (``bench.compare``: Updates at 8, 32 and 128 in flight, Get, the polling
 pipeline, Update -> done at a fixed rate), and the cost of an Update as the state grows
-(``bench.scale``: 100 and 100,000 images, 10,000 queued, 1,000,000 finished).
+(``bench.scale``: 100 and 100,000 images, 10,000 queued, 1,000,000 finished), and what a
+synchronous standby costs an Update (``bench.standby``: Update throughput and CPU per Update
+on a private primary alone and with its synchronous standby, rounds alternating).
 
 After the Get phase, a REST phase: ``GET /operations/{id}`` over HTTP (``HTTP_LISTEN``) over
 the same operations, beside the gRPC Get figure.
@@ -42,7 +44,7 @@ import uuid
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from bench import compare, goals, scale
+from bench import compare, goals, scale, standby
 from bench.run_report import print_report
 from bench.service_phases import run_service_phases
 from bench.stack import ROOT
@@ -107,6 +109,11 @@ def main() -> int:
     parser.add_argument(
         "--no-scale", action="store_true", help="skip the scale phases (bench.scale)"
     )
+    parser.add_argument(
+        "--no-standby",
+        action="store_true",
+        help="skip the synchronous standby's cost (bench.standby: private PostgreSQL servers)",
+    )
     parser.add_argument("--smoke", action="store_true", help="seconds-long phases, no verdicts")
     parser.add_argument("--out", type=Path, default=None, help="JSON output file")
     args = parser.parse_args()
@@ -133,6 +140,8 @@ def main() -> int:
             )
     if not args.no_scale:
         figures["scale"] = scale.run(args.smoke, logs=logs)
+    if not args.no_standby:
+        figures["standby"] = standby.run(args.seconds, smoke=args.smoke, logs=logs)
     echo_cpu = figures["cpu_us_per_echo"]["echo"]
     update_cpu = sum(figures["cpu_us_per_update"].values())
     figures["update_cpu_ratio_to_echo"] = round(update_cpu / max(echo_cpu, 1), 2)
@@ -140,6 +149,8 @@ def main() -> int:
     figures["round_three"] = goals.as_json(round_three)
     out.write_text(json.dumps(figures, indent=2))
     print_report(figures, phases.rss_start, phases.rss_end, round_three, judged=not args.smoke)
+    if "standby" in figures:
+        standby.print_figures(figures["standby"])
     print(f"JSON: {out}")
     return 0
 

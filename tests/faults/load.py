@@ -154,11 +154,20 @@ class Ledger:
     refused: Counter[str] = field(default_factory=Counter)
     answers: Answers = field(default_factory=Answers)
     retries: int = 0
+    # When each accepted call's successful attempt was sent (monotonic): how long a fault
+    # kept the service from accepting.
+    accepted_at: list[float] = field(default_factory=list)
 
-    def add(self, entry: Accepted) -> None:
+    def add(self, entry: Accepted, sent: float | None = None) -> None:
         known = self.accepted.get(entry.operation_id)
         assert known is None or known == entry, f"one key, two requests: {known} {entry}"
         self.accepted[entry.operation_id] = entry
+        self.accepted_at.append(time.monotonic() if sent is None else sent)
+
+    def first_accepted_after(self, moment: float) -> float | None:
+        """Seconds from ``moment`` to the first call sent after it that was accepted."""
+        later = [t for t in self.accepted_at if t > moment]
+        return min(later) - moment if later else None
 
 
 class Client:
@@ -177,6 +186,7 @@ class Client:
         self.ready: set[str] = set()
         self.pending: dict[str, str] = {}  # image id -> its unfinished operation
         self.sequence = itertools.count()
+        self.sent = 0.0  # when the last attempt of a call was sent (monotonic)
 
     async def call(
         self, name: str, method: Any, request: Any, key: str | None, deadline: float
@@ -185,6 +195,7 @@ class Client:
         metadata = (("idempotency-key", key),) if key else ()
         delay = 0.05
         while True:
+            self.sent = time.monotonic()
             try:
                 response = await method(request, metadata=metadata, timeout=5)
             except grpc.aio.AioRpcError as exc:
@@ -246,7 +257,7 @@ class Client:
             "labels": dict(request.labels),
             "size": size,
         }
-        self.ledger.add(Accepted(op.id, "create_image", metadata.image_id, change))
+        self.ledger.add(Accepted(op.id, "create_image", metadata.image_id, change), self.sent)
         self.pending[metadata.image_id] = op.id
 
     async def update(self, images: Any, image_id: str, deadline: float) -> None:
@@ -263,7 +274,7 @@ class Client:
             self.ledger.refused[exc.code().name] += 1
             self.ready.discard(image_id)  # not READY after all; look again later
             return
-        self.ledger.add(Accepted(op.id, "update_image", image_id, change))
+        self.ledger.add(Accepted(op.id, "update_image", image_id, change), self.sent)
         self.ready.discard(image_id)
         self.pending[image_id] = op.id
 

@@ -18,9 +18,9 @@ import pytest
 from grpc_status import rpc_status
 
 from tests.conftest import AMQP_URL
-from tests.faults.cluster import PrivatePostgres
+from tests.faults.cluster import PrivatePostgres, new_base_dir
 from tests.faults.conftest import primary_with_standby
-from tests.support import ROOT, ServiceProcess, base_env, connect, create_token
+from tests.support import ROOT, ServiceProcess, base_env, connect, create_token, eventually
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
 
 DATABASE = "images"
@@ -126,3 +126,40 @@ def _retry_info():  # the descriptor of google.rpc.RetryInfo, for Any.Is
     from google.rpc import error_details_pb2
 
     return error_details_pb2.RetryInfo.DESCRIPTOR
+
+
+async def test_migrate_waits_for_a_server_that_takes_writes():
+    """``migrate --wait`` keeps trying while no server of the URL answers (a cluster still
+    electing its primary, say); without it, migrate fails at once."""
+    later = PrivatePostgres(new_base_dir("faults-pg-later-"))
+    url = later.url(DATABASE)
+    try:
+        at_once = await asyncio.to_thread(service, url, "migrate")
+        assert at_once.returncode == 1
+        assert at_once.stderr.startswith("error: cannot migrate: "), at_once.stderr
+
+        waiting = await asyncio.to_thread(
+            subprocess.Popen,
+            [sys.executable, "-m", "service", "migrate", "--wait", "90"],
+            cwd=ROOT,
+            env=base_env(DATABASE_URL=url, AMQP_URL=AMQP_URL),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+
+            def retried() -> bool:
+                assert waiting.stdout is not None  # the log, one JSON object a line
+                return "migrate.waiting" in waiting.stdout.readline()
+
+            await eventually(lambda: asyncio.to_thread(retried), timeout=60, what="a retry")
+            await asyncio.to_thread(later.start)
+            assert await asyncio.to_thread(waiting.wait, 90) == 0
+        finally:
+            waiting.kill()
+            waiting.communicate()
+        tables = later.psql("SELECT count(*) FROM _yoyo_migration", DATABASE)
+        assert int(tables) == MIGRATIONS
+    finally:
+        await asyncio.to_thread(later.cleanup)

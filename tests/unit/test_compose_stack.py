@@ -25,7 +25,7 @@ def compose() -> dict[str, Any]:
 def test_one_image_is_built_once_and_run_by_migrate_api_and_workers():
     services = compose()["services"]
     builders = sorted(name for name, service in services.items() if "build" in service)
-    assert builders == ["migrate"]
+    assert builders == ["migrate", "pg0"]  # the app's image, and the `ha` profile's node
     images = {as_run_without_overrides(services[name]["image"]) for name in APP_SERVICES}
     assert len(images) == 1
     for name in ("api", "workers"):
@@ -59,3 +59,35 @@ def test_the_readme_creates_from_the_demo_file_server():
 @pytest.mark.parametrize("name", ["postgres", "rabbitmq", "api", "workers", "files"])
 def test_every_long_running_service_has_a_healthcheck(name):
     assert "test" in compose()["services"][name]["healthcheck"]
+
+
+def test_the_ha_profile_runs_three_patroni_nodes_as_the_fault_run_tested_them():
+    """The compose profile ``ha`` runs what tests/faults/test_patroni_faults.py exercises:
+    three nodes of one locally built image, etcd with its v2 API, and the Patroni settings
+    the fault run reads (timings, strict synchronous mode, pg_rewind)."""
+    from tests.faults import patroni as tested
+
+    services = compose()["services"]
+    nodes = ["pg0", "pg1", "pg2"]
+    for name in [*nodes, "etcd"]:
+        assert services[name]["profiles"] == ["ha"], name
+    assert len({services[name]["image"] for name in nodes}) == 1
+    for name in nodes[1:]:
+        assert services[name]["pull_policy"] == "never"  # built by pg0
+    for name in nodes:
+        assert services[name]["environment"]["PATRONI_NAME"] == name
+        assert services[name]["depends_on"]["etcd"] == {"condition": "service_healthy"}
+    assert "--enable-v2=true" in services["etcd"]["command"]
+    for name in ["etcd", *nodes]:
+        assert "healthcheck" in services[name], name
+
+    config = yaml.safe_load((ROOT / "deploy" / "patroni" / "patroni.yml").read_text())
+    dcs = config["bootstrap"]["dcs"]
+    assert dcs == tested.DCS  # the fault run bootstraps its cluster with these
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]  # Patroni's rule
+    assert dcs["synchronous_mode"] is True
+    assert dcs["synchronous_mode_strict"] is True
+    assert dcs["primary_start_timeout"] == 0
+    assert dcs["postgresql"]["use_pg_rewind"] is True
+    assert "etcd" in config  # the v2 API (see patroni.yml)
+    assert "etcd3" not in config

@@ -10,9 +10,12 @@ exit 1 (``service.entrypoints.cli.failures``).
 from __future__ import annotations
 
 import asyncio
+import time
 
 import click
+import structlog
 
+from service.domain.setup import Unreachable
 from service.entrypoints.cli.failures import explained, fail, load_settings
 from service.entrypoints.cli.helptext import API_SETTINGS, SettingsGroup
 from service.entrypoints.cli.listen import ensure_can_listen
@@ -21,6 +24,10 @@ from service.entrypoints.cli.tokens import token
 from service.entrypoints.client import image, operation
 from service.runtime import logs
 from service.runtime.settings import Settings
+
+RETRY_PAUSE_SECONDS = 1.0
+
+log = structlog.get_logger(__name__)
 
 
 async def _check_database(settings: Settings) -> None:
@@ -77,7 +84,16 @@ def serve() -> None:
 
 
 @cli.command(settings=("database_url", "log_level"))
-def migrate() -> None:
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=click.FloatRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seconds to keep trying, once a second, while no server of DATABASE_URL takes "
+    "writes (a cluster still electing its primary, say).",
+)
+def migrate(wait_seconds: float) -> None:
     """Create the database if it is missing and apply the migrations it lacks. Safe to run
     again, and from several places at once."""
     with explained():
@@ -86,10 +102,19 @@ def migrate() -> None:
         from service.adapters.postgres.migrations import MigrationsNotFoundError
         from service.adapters.postgres.migrations import migrate as apply_migrations
 
-        try:
-            apply_migrations(str(settings.database_url))
-        except MigrationsNotFoundError as exc:
-            fail(f"migrate: {exc}")
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                apply_migrations(str(settings.database_url))
+            except MigrationsNotFoundError as exc:
+                fail(f"migrate: {exc}")
+            except Unreachable as exc:
+                if time.monotonic() + RETRY_PAUSE_SECONDS > deadline:
+                    raise
+                log.info("migrate.waiting", reason=str(exc))
+                time.sleep(RETRY_PAUSE_SECONDS)
+            else:
+                return
 
 
 cli.add_command(token)
