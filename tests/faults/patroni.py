@@ -11,8 +11,8 @@ is never touched. Processes run as ``postgres`` / ``etcd`` through ``setpriv`` a
 up like :mod:`tests.faults.cluster`'s (pid records, a watchdog, :mod:`atexit`).
 
 The dynamic settings are the compose profile's (``deploy/patroni/patroni.yml``). Its timings
-are Patroni's documented knobs for a fast failover on a quiet network (``ttl`` 8 s,
-``loop_wait`` 1 s, ``retry_timeout`` 3 s: ``loop_wait + 2 * retry_timeout <= ttl``): a
+are Patroni's documented knobs for a fast failover on a quiet network (``ttl`` 6 s,
+``loop_wait`` 1 s, ``retry_timeout`` 2 s: ``loop_wait + 2 * retry_timeout <= ttl``): a
 primary whose Patroni stops renewing its leader key (a dead or frozen host) is replaced at
 most ``ttl`` seconds later; one whose Patroni stops cleanly hands over at once.
 ``use_pg_rewind`` lets a former primary rejoin as a standby of the new one.
@@ -20,8 +20,12 @@ most ``ttl`` seconds later; one whose Patroni stops cleanly hands over at once.
 
 from __future__ import annotations
 
+import atexit
 import json
+import secrets
 import signal
+import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -40,7 +44,6 @@ from tests.faults.cluster import (
     _record_pid,
     _signal,
     _tails,
-    _tcp_ready,
     free_port,
     new_base_dir,
 )
@@ -63,29 +66,31 @@ class PrivateEtcd(_PrivateService):
     user = "etcd"
     name = "etcd"
 
-    def __init__(self, base_dir: Path) -> None:
+    def __init__(self, base_dir: Path, address: str = "127.0.0.1") -> None:
         super().__init__(base_dir)
+        self.address = address  # where the nodes reach it
         self.port = free_port()
         self.peer_port = free_port()
         self.log_file = self.base_dir / "etcd.log"
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     def start(self, timeout: float = 60) -> None:
         self._prepare_base_dir()
         data = self.base_dir / "data"
         data.mkdir(mode=0o700, exist_ok=True)
         self._chown(data)
-        client = f"http://127.0.0.1:{self.port}"
+        client = f"http://{self.address}:{self.port}"
+        listen = ",".join(sorted({client, f"http://127.0.0.1:{self.port}"}))
         peer = f"http://127.0.0.1:{self.peer_port}"
         self._spawn(
             [
                 ETCD,
                 "--name=faults",
                 f"--data-dir={data}",
-                f"--listen-client-urls={client}",
+                f"--listen-client-urls={listen}",
                 f"--advertise-client-urls={client}",
                 f"--listen-peer-urls={peer}",
                 f"--initial-advertise-peer-urls={peer}",
@@ -111,10 +116,22 @@ class PatroniNode(_PrivateService):
     user = "postgres"
     name = "patroni"
 
-    def __init__(self, base_dir: Path, index: int, etcd: PrivateEtcd) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        index: int,
+        etcd: PrivateEtcd,
+        *,
+        address: str = "127.0.0.1",
+        netns: str | None = None,
+        clients: str = "127.0.0.1/32",
+    ) -> None:
         super().__init__(base_dir)
         self.node_name = f"node{index}"
         self.etcd = etcd
+        self.address = address  # PostgreSQL and the REST API listen here
+        self.netns = netns  # the network namespace Patroni and PostgreSQL run in, if any
+        self.clients = clients  # the addresses pg_hba trusts
         self.port = free_port()  # PostgreSQL
         self.api_port = free_port()  # Patroni's REST API
         self.data_dir = self.base_dir / "data"
@@ -129,8 +146,8 @@ class PatroniNode(_PrivateService):
             "name": self.node_name,
             "log": {"level": "INFO"},
             "restapi": {
-                "listen": f"127.0.0.1:{self.api_port}",
-                "connect_address": f"127.0.0.1:{self.api_port}",
+                "listen": f"{self.address}:{self.api_port}",
+                "connect_address": f"{self.address}:{self.api_port}",
             },
             # etcd's v2 API: Patroni 3.0.2 (Debian 12) renews its leader key there by
             # compare-and-swap on its own name, where its v3 client, after a pause longer than
@@ -142,16 +159,16 @@ class PatroniNode(_PrivateService):
                 "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, {"auth": "trust"}],
             },
             "postgresql": {
-                "listen": f"127.0.0.1:{self.port}",
-                "connect_address": f"127.0.0.1:{self.port}",
+                "listen": f"{self.address}:{self.port}",
+                "connect_address": f"{self.address}:{self.port}",
                 "data_dir": str(self.data_dir),
                 "bin_dir": str(PG_BIN),
                 "pgpass": str(self.socket_dir / "pgpass"),
                 "authentication": {"superuser": trust, "replication": trust, "rewind": trust},
                 "pg_hba": [
                     "local all all trust",
-                    "host all all 127.0.0.1/32 trust",
-                    "host replication all 127.0.0.1/32 trust",
+                    f"host all all {self.clients} trust",
+                    f"host replication all {self.clients} trust",
                 ],
                 "parameters": {
                     "unix_socket_directories": str(self.socket_dir),
@@ -173,15 +190,24 @@ class PatroniNode(_PrivateService):
                 self._chown(path)
             self.config_file.write_text(json.dumps(self._config(), indent=2))
             self._spawn([PATRONI, str(self.config_file)], log=self.log_file)
-            self._wait_ready(
-                lambda: _tcp_ready(self.api_port), timeout=timeout, logs=[self.log_file]
-            )
+            self._wait_ready(self._api_answers, timeout=timeout, logs=[self.log_file])
+
+    def _as_user(self, argv: list[str]) -> list[str]:
+        argv = super()._as_user(argv)
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else argv
+
+    def _api_answers(self) -> bool:
+        try:
+            with socket.create_connection((self.address, self.api_port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def status(self) -> dict[str, Any] | None:
         """Patroni's view of this node (``GET /patroni``), or None if it does not answer."""
         try:
             with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.api_port}/patroni", timeout=1
+                f"http://{self.address}:{self.api_port}/patroni", timeout=1
             ) as answer:
                 return dict(json.load(answer))
         except urllib.error.HTTPError as exc:  # 503 still carries the status
@@ -250,10 +276,30 @@ class PatroniNode(_PrivateService):
 class PrivatePatroniCluster:
     """An etcd and ``size`` Patroni nodes in strict synchronous mode."""
 
-    def __init__(self, size: int = 3) -> None:
-        self.etcd = PrivateEtcd(new_base_dir("faults-etcd-"))
+    def __init__(self, size: int = 3, *, network: bool = False) -> None:
+        """``network``: each node in a network namespace of its own on a private bridge (see
+        :class:`PrivateNetwork`), so that one can be cut off; otherwise all on 127.0.0.1."""
+        self.network = PrivateNetwork(size) if network else None
+        self.etcd = PrivateEtcd(
+            new_base_dir("faults-etcd-"),
+            address=self.network.bridge_address if self.network else "127.0.0.1",
+        )
         self.nodes = [
-            PatroniNode(new_base_dir(f"faults-patroni{i}-"), i, self.etcd) for i in range(size)
+            PatroniNode(
+                new_base_dir(f"faults-patroni{i}-"),
+                i,
+                self.etcd,
+                **(
+                    {
+                        "address": self.network.address(i),
+                        "netns": self.network.netns(i),
+                        "clients": self.network.cidr,
+                    }
+                    if self.network
+                    else {}
+                ),
+            )
+            for i in range(size)
         ]
 
     def __repr__(self) -> str:
@@ -261,12 +307,14 @@ class PrivatePatroniCluster:
 
     def url(self, dbname: str = "postgres") -> str:
         """A multi-host URL naming every node: the service's ``DATABASE_URL``."""
-        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        hosts = ",".join(f"{node.address}:{node.port}" for node in self.nodes)
         return f"postgresql://postgres@{hosts}/{dbname}?target_session_attrs=read-write"
 
     def start(self, timeout: float = 120) -> None:
         """Start etcd and every node; returns once there is a primary and a synchronous
         standby streaming from it, and every node runs."""
+        if self.network is not None and not self.network.created:
+            self.network.create()
         self.etcd.start()
         first, *others = self.nodes
         first.start()
@@ -341,23 +389,103 @@ class PrivatePatroniCluster:
 
     def psql(self, sql: str, dbname: str = "postgres") -> str:
         """SQL on the current primary (psql's unaligned, tuples-only output)."""
-        return psql(self.primary().port, sql, dbname)
+        primary = self.primary()
+        return psql(primary.address, primary.port, sql, dbname)
+
+    def cut_off(self, node: PatroniNode) -> None:
+        """A network partition: the node can reach nothing, and nothing reaches it."""
+        assert self.network is not None, "a cluster made with network=True"
+        self.network.cut(self.nodes.index(node))
+
+    def reconnect(self, node: PatroniNode) -> None:
+        assert self.network is not None
+        self.network.heal(self.nodes.index(node))
 
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
         self.etcd.cleanup()
+        if self.network is not None:
+            self.network.cleanup()
 
     def logs(self) -> Sequence[Path]:
         return [node.log_file for node in self.nodes] + [self.etcd.log_file]
 
 
-def psql(port: int, sql: str, dbname: str = "postgres") -> str:
-    import subprocess
-
+def psql(host: str, port: int, sql: str, dbname: str = "postgres") -> str:
     argv = [str(PG_BIN / "psql"), "-X", "-At", "-v", "ON_ERROR_STOP=1"]
-    argv += ["-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", dbname]
+    argv += ["-h", host, "-p", str(port), "-U", "postgres", "-d", dbname]
     result = subprocess.run(argv, input=sql, capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise RuntimeError(f"psql exited with {result.returncode}: {result.stderr}")
     return result.stdout
+
+
+class PrivateNetwork:
+    """Network namespaces on a private bridge: node ``i`` at ``10.213.N.(i + 2)`` in a
+    namespace of its own, the test's own namespace at ``10.213.N.1`` on the bridge (where etcd
+    listens and the service connects from). :meth:`cut` takes a node's link down: a partition,
+    in which packets are dropped, not refused (as across a failed switch). Made with
+    ``ip`` from iproute2; needs CAP_NET_ADMIN (tests run as root). Removed by :meth:`cleanup`
+    (and at exit); a test process killed outright leaves them, named ``faults-*`` and
+    ``fbr*`` (``ip netns list``, ``ip link``), for the next run to ignore."""
+
+    def __init__(self, size: int) -> None:
+        tag = secrets.token_hex(2)
+        self.size = size
+        self.subnet = 10 + secrets.randbelow(240)
+        self.bridge = f"fbr{tag}"
+        self._tag = tag
+        self.created = False
+        atexit.register(self.cleanup)
+
+    @property
+    def cidr(self) -> str:
+        return f"10.213.{self.subnet}.0/24"
+
+    @property
+    def bridge_address(self) -> str:
+        return f"10.213.{self.subnet}.1"
+
+    def address(self, index: int) -> str:
+        return f"10.213.{self.subnet}.{index + 2}"
+
+    def netns(self, index: int) -> str:
+        return f"faults-{self._tag}-{index}"
+
+    def _host_link(self, index: int) -> str:
+        return f"fh{self._tag}{index}"
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    def create(self) -> None:
+        self.created = True
+        self._ip("link", "add", self.bridge, "type", "bridge")
+        self._ip("addr", "add", f"{self.bridge_address}/24", "dev", self.bridge)
+        self._ip("link", "set", self.bridge, "up")
+        for i in range(self.size):
+            ns, host, peer = self.netns(i), self._host_link(i), f"fn{self._tag}{i}"
+            self._ip("netns", "add", ns)
+            self._ip("link", "add", host, "type", "veth", "peer", "name", peer)
+            self._ip("link", "set", host, "master", self.bridge, "up")
+            self._ip("link", "set", peer, "netns", ns)
+            self._ip("-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", peer)
+            self._ip("-n", ns, "link", "set", peer, "up")
+            self._ip("-n", ns, "link", "set", "lo", "up")
+
+    def cut(self, index: int) -> None:
+        self._ip("link", "set", self._host_link(index), "down")
+
+    def heal(self, index: int) -> None:
+        self._ip("link", "set", self._host_link(index), "up")
+
+    def cleanup(self) -> None:
+        """Remove the namespaces and the bridge (a namespace's veth goes with it)."""
+        if self.created:
+            for i in range(self.size):
+                subprocess.run(["ip", "netns", "del", self.netns(i)], capture_output=True)
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+            self.created = False
+        atexit.unregister(self.cleanup)

@@ -10,7 +10,11 @@ chaos loop takes the current primary down, round the kinds of fault:
 * ``kill``: Patroni and PostgreSQL SIGKILLed (a dead host); started again afterwards;
 * ``stop``: Patroni stopped cleanly (it shuts PostgreSQL down and hands over); started again;
 * ``freeze``: both SIGSTOPped, sockets left open (a hung host); thawed once a standby has
-  taken over, when its Patroni finds the leader key gone and demotes it.
+  taken over, when its Patroni finds the leader key gone and demotes it;
+* ``partition``: its network link taken down (each node runs in a network namespace of its
+  own on a private bridge): it reaches neither etcd nor the other nodes, and the service
+  cannot reach it (packets dropped, not refused); its Patroni, unable to renew the leader key,
+  demotes it, and a standby takes over; the link comes back once one has.
 
 After each fault the old primary rejoins as a standby (``pg_rewind`` where its timeline went
 past the new primary's) before the next fault; as each fault takes the primary of the moment,
@@ -26,7 +30,7 @@ Opt-in (about three minutes):
 
     FAULTS_HA=1 TEST_WORKERS=0 scripts/test tests/faults/test_patroni_faults.py -s
 
-``FAULTS_SECONDS`` sets the length of the load (default 150; the chaos loop needs about 35 s a
+``FAULTS_SECONDS`` sets the length of the load (default 180; the chaos loop needs about 35 s a
 fault).
 """
 
@@ -36,6 +40,7 @@ import asyncio
 import itertools
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -70,22 +75,26 @@ pytestmark = [
     pytest.mark.timeout(1800),
 ]
 
-LOAD_SECONDS = float(os.environ.get("FAULTS_SECONDS", "150"))
+LOAD_SECONDS = float(os.environ.get("FAULTS_SECONDS", "180"))
 CLIENTS = 6
 WORKERS = 2
-FAULTS = ("kill", "stop", "freeze")
+FAULTS = ("kill", "stop", "freeze", "partition")
 FAULT_CYCLE_SECONDS = 35.0  # a fault, its failover, the old primary's return, a gap
 GAP_SECONDS = 3.0
-# Patroni's ttl (8 s: the longest a dead or hung primary keeps its leader key), then the
+# Patroni's ttl (6 s: the longest a dead or hung primary keeps its leader key), then the
 # service's own reconnection (2 s per host that does not answer, one command timeout).
 ACCEPTED_AGAIN_WITHIN = 15.0
 
 
 @pytest.fixture(scope="module")
 async def private_services() -> AsyncIterator[tuple[PrivatePatroniCluster, PrivateRabbit]]:
-    cluster = PrivatePatroniCluster(3)
+    cluster = PrivatePatroniCluster(3, network=True)
     broker = PrivateRabbit(new_base_dir("faults-mq-"))
     try:
+        try:
+            await asyncio.to_thread(cluster.network.create)  # type: ignore[union-attr]
+        except (OSError, subprocess.CalledProcessError) as exc:
+            pytest.skip(f"cannot make network namespaces here (ip netns, a bridge): {exc}")
         await asyncio.gather(asyncio.to_thread(cluster.start), asyncio.to_thread(broker.start))
         yield cluster, broker
     finally:
@@ -106,7 +115,12 @@ class Fault:
 async def take_down(cluster: PrivatePatroniCluster, kind: str, fault: Fault) -> None:
     """Fault the primary, wait for a standby to take over, bring the old one back."""
     old: PatroniNode = next(n for n in cluster.nodes if n.node_name == fault.node)
-    method = {"kill": old.kill, "stop": old.stop, "freeze": old.freeze}[kind]
+    method = {
+        "kill": old.kill,
+        "stop": old.stop,
+        "freeze": old.freeze,
+        "partition": lambda: cluster.cut_off(old),
+    }[kind]
     await asyncio.to_thread(method)
     # From here on no process of the old primary runs (a clean stop has also finished).
     fault.at = time.monotonic()
@@ -120,6 +134,8 @@ async def take_down(cluster: PrivatePatroniCluster, kind: str, fault: Fault) -> 
     back = time.monotonic()
     if kind == "freeze":
         old.thaw()
+    elif kind == "partition":
+        cluster.reconnect(old)
     else:
         await asyncio.to_thread(old.start)
     roles = await asyncio.to_thread(cluster.wait_healthy, 120)

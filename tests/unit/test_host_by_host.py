@@ -35,6 +35,7 @@ class Hosts:
 
     def __init__(self, failing: set[str]) -> None:
         self.failing = failing
+        self.standbys: set[str] = set()
         self.tried: list[tuple[str, float]] = []
 
     async def connect(self, dsn: str, **kwargs: Any) -> str:
@@ -42,6 +43,8 @@ class Hosts:
         self.tried.append((host, kwargs["timeout"]))
         if host in self.failing:
             raise TimeoutError
+        if host in self.standbys:
+            raise asyncpg.TargetServerAttributeNotMatched("not a primary")
         return host
 
 
@@ -88,3 +91,17 @@ async def test_when_every_host_fails_the_last_error_is_raised(hosts: Hosts):
     hosts.failing = {"db1:5432", "db2:5433"}
     with pytest.raises(TimeoutError):
         await HostByHost()(URL, timeout=30)
+
+
+async def test_a_host_that_did_not_answer_is_tried_last_until_it_answers(hosts: Hosts):
+    connect = HostByHost()
+    assert await connect(URL, timeout=30) == "db1:5432"  # the primary, last good
+    # It hangs (or is cut off) while db2 is still a standby: nothing takes writes.
+    hosts.failing, hosts.standbys = {"db1:5432"}, {"db2:5433"}
+    with pytest.raises(asyncpg.TargetServerAttributeNotMatched):
+        await connect(URL, timeout=30)
+    # db2 promoted: found at once, without waiting for db1 first.
+    hosts.standbys = set()
+    hosts.tried.clear()
+    assert await connect(URL, timeout=30) == "db2:5433"
+    assert [host for host, _ in hosts.tried] == ["db2:5433"]

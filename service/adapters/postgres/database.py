@@ -128,30 +128,44 @@ def single_host_dsns(dsn: str) -> list[str]:
 class HostByHost:
     """Connects to the hosts of a DSN one at a time, each given
     ``CONNECT_TIMEOUT_PER_HOST_SECONDS``, starting with the one that last accepted: a hung
-    host costs a connect that long, not the whole timeout, and is then passed over. Each
-    host's connection is checked against the DSN's ``target_session_attrs`` (asyncpg's own
-    check), so with ``read-write`` only the primary is taken. The pool's ``connect``."""
+    host costs a connect that long, not the whole timeout, and is then passed over. A host
+    that did not answer (timed out, refused, unreachable) is tried last until it answers
+    again, so a primary that hung or was cut off does not cost every later connect its
+    timeout while a standby is promoted. Each host's connection is checked against the DSN's
+    ``target_session_attrs`` (asyncpg's own check), so with ``read-write`` only the primary
+    is taken. The pool's ``connect``."""
 
     def __init__(self) -> None:
         self._last_good: str | None = None
+        self._unanswered: set[str] = set()
+
+    def _order(self, hosts: list[str]) -> list[str]:
+        if self._last_good in hosts:
+            hosts.remove(self._last_good)
+            hosts.insert(0, self._last_good)
+        answered = [host for host in hosts if host not in self._unanswered]
+        return answered + [host for host in hosts if host in self._unanswered]
 
     async def __call__(self, dsn: str, **kwargs: Any) -> asyncpg.Connection:
         hosts = single_host_dsns(dsn)
         if len(hosts) == 1:
             alone: asyncpg.Connection = await asyncpg.connect(dsn, **kwargs)
             return alone
-        if self._last_good in hosts:
-            hosts.remove(self._last_good)
-            hosts.insert(0, self._last_good)
         timeout = min(kwargs.pop("timeout", 60.0), CONNECT_TIMEOUT_PER_HOST_SECONDS)
         error: BaseException | None = None
-        for host in hosts:
+        for host in self._order(hosts):
             try:
                 conn: asyncpg.Connection = await asyncpg.connect(host, timeout=timeout, **kwargs)
-            except (*TRANSIENT_ERRORS, asyncpg.TargetServerAttributeNotMatched) as exc:
+            except asyncpg.TargetServerAttributeNotMatched as exc:
+                error = exc  # it answered: a standby
+                self._unanswered.discard(host)
+                continue
+            except TRANSIENT_ERRORS as exc:
                 error = exc
+                self._unanswered.add(host)
                 continue
             self._last_good = host
+            self._unanswered.discard(host)
             return conn
         assert error is not None
         raise error
