@@ -36,13 +36,12 @@ import asyncpg
 from bench.load import Job, Result, run_job
 from bench.stack import (
     ADMIN_URL,
-    AMQP_URL,
     Process,
-    _env,
     cpu_between,
     cpu_seconds,
     drop_database,
     migrate_and_token,
+    service_env,
     stack_sample,
 )
 
@@ -78,18 +77,7 @@ class ServiceStack:
         self.database = f"imgsvc_compare_{run}"
         self._url = ADMIN_URL.rsplit("/", 1)[0] + f"/{self.database}"
         self._queue = f"bench-compare-{run}"
-        env = _env(
-            DATABASE_URL=self._url,
-            AMQP_URL=AMQP_URL,
-            AMQP_QUEUE=self._queue,
-            GRPC_LISTEN="127.0.0.1:0",
-            LOG_LEVEL="INFO",
-            WORKER_CONCURRENCY="64",
-            RATE_LIMIT_PER_SECOND="1000000",
-            RATE_LIMIT_BURST="1000000",
-            MAX_UNFINISHED_OPERATIONS_PER_FOLDER="10000000",
-            DB_POOL_MAX="20",
-        )
+        env = service_env(self._url, self._queue)
         self.token = migrate_and_token(env)
         self.image_ids = asyncio.run(_insert_images(self._url, images, folders))
         self._api = Process([sys.executable, "-m", "service"], env, logs / "compare-api.log")

@@ -30,6 +30,24 @@ def _env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def service_env(database_url: str, queue: str, **overrides: str) -> dict[str, str]:
+    """The API's and the worker's environment in a benchmark: no limit that would refuse the
+    load, and INFO logs (where the processes say they started and on which port)."""
+    return _env(
+        DATABASE_URL=database_url,
+        AMQP_URL=AMQP_URL,
+        AMQP_QUEUE=queue,
+        GRPC_LISTEN="127.0.0.1:0",
+        LOG_LEVEL="INFO",
+        WORKER_CONCURRENCY="64",
+        RATE_LIMIT_PER_SECOND="1000000",
+        RATE_LIMIT_BURST="1000000",
+        MAX_UNFINISHED_OPERATIONS_PER_FOLDER="10000000",
+        DB_POOL_MAX="20",
+        **overrides,
+    )
+
+
 class Process:
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log

@@ -31,7 +31,7 @@ from typing import Any
 
 from bench import seed_and_drain
 from bench.load import Job
-from bench.stack import AMQP_URL, Process, _env, cpu_seconds, migrate_and_token, run_phase, split
+from bench.stack import Process, cpu_seconds, migrate_and_token, run_phase, service_env, split
 from tests.faults.cluster import PrivatePostgres, _descendants, new_base_dir
 
 MODES = ("alone", "standby")
@@ -89,18 +89,7 @@ def one_round(
             standby.start()
             _synchronous(primary)
         url = primary.url("images")
-        env = _env(
-            DATABASE_URL=url,
-            AMQP_URL=AMQP_URL,
-            AMQP_QUEUE=f"bench-standby-{uuid.uuid4().hex[:8]}",
-            GRPC_LISTEN="127.0.0.1:0",
-            LOG_LEVEL="INFO",
-            WORKER_CONCURRENCY="64",
-            RATE_LIMIT_PER_SECOND="1000000",
-            RATE_LIMIT_BURST="1000000",
-            MAX_UNFINISHED_OPERATIONS_PER_FOLDER="10000000",
-            DB_POOL_MAX="20",
-        )
+        env = service_env(url, f"bench-standby-{uuid.uuid4().hex[:8]}")
         token = migrate_and_token(env)
         api = Process([sys.executable, "-m", "service"], env, logs / f"standby-{mode}-api.log")
         processes.append(api)
