@@ -1,4 +1,6 @@
-FROM python:3.11-slim
+# The base image, pinned; a build without a registry passes a local one (--build-arg).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -6,11 +8,10 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /src
 
-# Dependencies first, in their own layer, so a code change does not reinstall them.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first, in their own layer, so a code change does not reinstall them: the exact
+# versions of requirements.lock (scripts/lock), each file checked against its hash.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 
 # A plain install: the package carries the migrations as package data, so the sources go
 # away and the services run from /app, where no source tree shadows the installed copy.
@@ -18,14 +19,16 @@ COPY service/ service/
 COPY workers/ workers/
 COPY gen/ gen/
 COPY migrations/ migrations/
-RUN pip install --no-cache-dir . \
+COPY pyproject.toml ./
+RUN pip install --no-cache-dir --no-deps . \
     && rm -rf /src \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin app
 
 WORKDIR /app
 USER app
 
-EXPOSE 50051
+# gRPC; REST and the console (HTTP_LISTEN); Prometheus metrics (METRICS_LISTEN).
+EXPOSE 50051 8080 9100
 
 # The API by default; compose runs `python -m service migrate` and `python -m workers` from this image too.
 CMD ["python", "-m", "service"]

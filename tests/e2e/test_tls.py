@@ -6,6 +6,7 @@ DNS:localhost); clients trust exactly that certificate.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.domain.ids import IMAGE_PREFIX, new_id
 from tests.e2e.client import folder, response_image, rpc_error, unique, wait_done
-from tests.support import ROOT, BearerAuth, base_env, self_signed_certificate
+from tests.support import ROOT, BearerAuth, base_env, eventually, self_signed_certificate
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2_grpc
 
@@ -108,3 +109,49 @@ def test_a_certificate_without_its_key_is_refused_at_start(certificate, database
     )
     assert result.returncode != 0
     assert "TLS_CERT_FILE and TLS_KEY_FILE must be set together" in result.stdout + result.stderr
+
+
+def health_command(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", "health", "--timeout", "5"],
+        cwd=ROOT,
+        env=base_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_the_health_command_checks_the_api_where_it_listens_with_tls(
+    processes, own_stack_env, certificate
+):
+    """``python -m service health`` (the container healthcheck) dials the port GRPC_LISTEN
+    binds, over TLS when TLS_CERT_FILE is set, whatever the port."""
+    cert, key = certificate
+    env = own_stack_env(TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key))
+    api = await processes.start("service", env, "api-health")
+    port = api.address.rpartition(":")[2]
+    listen = f"0.0.0.0:{port}"  # as in a container: dialled on the loopback address
+
+    async def serving() -> bool:
+        result = await asyncio.to_thread(
+            health_command, GRPC_LISTEN=listen, TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key)
+        )
+        return result.returncode == 0 and result.stdout.strip() == f"127.0.0.1:{port}: SERVING"
+
+    await eventually(serving, timeout=30, interval=0.5, what="the health command to pass")
+
+    plaintext = health_command(GRPC_LISTEN=listen)  # TLS not configured: refused by the API
+    assert plaintext.returncode == 1
+    assert plaintext.stderr.startswith(f"error: the API at 127.0.0.1:{port} did not answer")
+
+    api.stop()
+    gone = health_command(GRPC_LISTEN=listen, TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key))
+    assert gone.returncode == 1
+    assert "did not answer its health check: UNAVAILABLE" in gone.stderr
+
+
+def test_the_health_command_needs_a_port_it_can_dial():
+    result = health_command(GRPC_LISTEN="0.0.0.0:0")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: GRPC_LISTEN=0.0.0.0:0: the port is chosen at start")

@@ -216,6 +216,7 @@ SAME_CONCEPT_IN_SEVERAL_LAYERS = {
     "__main__",  # python -m service, python -m workers
     "auth",  # tokens and principals: the rule, the use case
     "endpoints",  # endpoint discovery: what is announced, the servicer
+    "health",  # the API's health: what it reports, the command that asks it
     "ops",  # the operator's checks and queries: use case, queries, commands
     "outbox",  # the operations table as the outbox: use case, statements
     "schema",  # is every migration applied: use case, the database's record

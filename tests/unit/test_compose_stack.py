@@ -5,6 +5,7 @@ Checked statically (no Docker engine here); ``docker-compose config`` when it is
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -91,3 +92,43 @@ def test_the_ha_profile_runs_three_patroni_nodes_as_the_fault_run_tested_them():
     assert dcs["postgresql"]["use_pg_rewind"] is True
     assert "etcd" in config  # the v2 API (see patroni.yml)
     assert "etcd3" not in config
+
+
+def compose_variables() -> dict[str, str]:
+    """Every ``${NAME:-default}`` docker-compose.yml reads, with its default."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    return dict(re.findall(r"\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", text))
+
+
+def test_every_image_is_a_variable_whose_default_is_pinned_to_an_exact_version():
+    variables = compose_variables()
+    for name, service in compose()["services"].items():
+        image = service["image"]
+        match = re.fullmatch(r"\$\{([A-Z_]+):-([^}]+)\}", image)
+        assert match, f"{name}: image {image!r} is not read from a variable"
+        default = match.group(2)
+        if default.endswith(":local"):  # built here, never pulled
+            assert service.get("pull_policy") == "never" or "build" in service, name
+            continue
+        tag = default.rsplit(":", 1)[1]
+        assert re.match(r"v?\d+\.\d+(\.\d+)?", tag), f"{name}: {default} is not pinned"
+        assert variables[match.group(1)] == default
+    for dockerfile in (ROOT / "Dockerfile", ROOT / "deploy" / "patroni" / "Dockerfile"):
+        base = re.search(r"^ARG [A-Z_]+_IMAGE=(\S+)$", dockerfile.read_text(), re.MULTILINE)
+        assert base, f"{dockerfile}: its base image is not a build argument"
+        assert re.search(r":\d+\.\d+\.?\d*-", base.group(1)), base.group(1)
+
+
+def test_every_variable_compose_reads_is_documented_in_env_example():
+    documented = set(
+        re.findall(r"^# ([A-Z_][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M)
+    )
+    assert set(compose_variables()) <= documented, set(compose_variables()) - documented
+
+
+def test_urls_and_credentials_are_overridable():
+    environment = compose()["services"]["api"]["environment"]
+    for name in ("DATABASE_URL", "AMQP_URL"):
+        assert environment[name].startswith(f"${{{name}:-"), name
+    rabbitmq = compose()["services"]["rabbitmq"]["environment"]
+    assert rabbitmq["RABBITMQ_DEFAULT_PASS"].startswith("${RABBITMQ_PASSWORD:-")

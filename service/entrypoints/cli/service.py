@@ -17,6 +17,7 @@ import structlog
 
 from service.domain.setup import Unreachable
 from service.entrypoints.cli.failures import explained, fail, load_settings
+from service.entrypoints.cli.health import health
 from service.entrypoints.cli.helptext import API_SETTINGS, SettingsGroup
 from service.entrypoints.cli.listen import ensure_can_listen
 from service.entrypoints.cli.ops import doctor, ops
@@ -119,6 +120,7 @@ def migrate(wait_seconds: float) -> None:
 
 cli.add_command(token)
 cli.add_command(doctor)
+cli.add_command(health)
 cli.add_command(ops)
 cli.add_command(image)
 cli.add_command(operation)
