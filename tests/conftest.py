@@ -45,8 +45,8 @@ RUN_ENV = "IMGSVC_TEST_RUN"
 TEMPLATE_DIR = Path(tempfile.gettempdir())
 
 # Where each test belongs, from its folder: `scripts/test --quick` leaves out the `slow` ones.
-SUITES = {"unit", "contract", "integration", "e2e", "faults", "fuzz", "compat"}
-SLOW_SUITES = {"e2e", "faults", "fuzz", "compat"}
+SUITES = {"unit", "contract", "integration", "e2e", "faults", "fuzz", "compat", "compose"}
+SLOW_SUITES = {"e2e", "faults", "fuzz", "compat", "compose"}
 # ... and the modules of the other suites that take more than a few seconds: this one installs
 # the project and its dependencies into a fresh venv.
 SLOW_MODULES = {("integration", "test_installed_package.py")}

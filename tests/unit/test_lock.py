@@ -54,4 +54,4 @@ def test_every_pin_carries_the_hashes_of_its_files():
 def test_the_image_installs_the_lock_with_hashes_and_the_project_without_its_own_resolve():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "--require-hashes -r requirements.lock" in dockerfile
-    assert "pip install --no-cache-dir --no-deps ." in dockerfile
+    assert "pip install --no-cache-dir --no-deps --no-build-isolation ." in dockerfile
