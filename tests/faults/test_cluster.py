@@ -153,6 +153,13 @@ async def test_postgres(postgres: PrivatePostgres) -> None:
     # make asyncpg raise InternalClientError on the next query instead).
     assert await asyncio.to_thread(pg.terminate_connections, "app") == 2
     assert pg.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'app'") == "0\n"
+
+    async def seen_closed() -> bool:
+        # The loop reads each connection's termination before the next query is sent on it
+        # (sent first, the query can meet the closing protocol: InternalClientError).
+        return all(victim.is_closed() for victim in victims)
+
+    await eventually(seen_closed, timeout=10, what="the terminated connections seen closed")
     for victim in victims:
         with pytest.raises((asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError)):
             await victim.fetchval("SELECT 1")

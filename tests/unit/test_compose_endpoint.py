@@ -30,7 +30,7 @@ def published_ports(service: dict[str, Any]) -> dict[int, int]:
     """Host port -> container port, from short-syntax ``[ip:]host:container`` entries."""
     ports = {}
     for entry in service.get("ports", []):
-        *_, host, container = str(entry).split(":")
+        *_, host, container = as_run_without_overrides(str(entry)).split(":")
         ports[int(host)] = int(container)
     return ports
 
