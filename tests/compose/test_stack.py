@@ -73,13 +73,13 @@ def compose_command() -> list[str]:
 class Stack:
     project: str
     env: dict[str, str]
-    command: list[str]
+    command: list[str]  # with the options: project, profiles
     grpc_address: str
     http_base: str
 
     def compose(self, *args: str, timeout: float = 600) -> str:
         result = subprocess.run(
-            [*self.command, "-p", self.project, *args],
+            [*self.command, *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,
@@ -128,9 +128,14 @@ class Stack:
         await eventually(ready, timeout=300, interval=1, what="every service healthy")
 
 
-def default_services() -> dict[str, dict[str, object]]:
+def services_run(profiles: tuple[str, ...] = ()) -> dict[str, dict[str, object]]:
+    """The services ``up`` starts with these profiles active."""
     services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    return {name: s for name, s in services.items() if "profiles" not in s}
+    return {
+        name: s
+        for name, s in services.items()
+        if "profiles" not in s or set(s["profiles"]) & set(profiles)
+    }
 
 
 def resolved_image(image: str, env: dict[str, str]) -> str:
@@ -140,9 +145,11 @@ def resolved_image(image: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{([A-Z_]+):-([^}]*)\}", substitute, image)
 
 
-def _prepare(project: str, command: list[str]) -> Stack:
-    """Stand-in base images, the locked wheels, the app's image; checks every image the stack
-    runs is local (so nothing is pulled), then ``up``."""
+def _prepare(
+    project: str, command: list[str], profiles: tuple[str, ...] = (), **settings: str
+) -> Stack:
+    """Stand-in base images, the locked wheels, the app's image (and the profiles' own);
+    checks every image the stack runs is local (so nothing is pulled), then ``up``."""
     standins = subprocess.run(
         [str(ROOT / "scripts" / "standins")], capture_output=True, text=True, timeout=1200
     )
@@ -155,10 +162,19 @@ def _prepare(project: str, command: list[str]) -> Stack:
         GRPC_PORT=str(grpc_port),
         HTTP_PORT=str(http_port),
         PUBLIC_ENDPOINT=f"localhost:{grpc_port}",
+        **settings,
     )
-    stack = Stack(project, env, command, f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}")
-    stack.compose("build", "migrate")
-    images = {resolved_image(str(s["image"]), env) for s in default_services().values()}
+    options = ["-p", project, *(arg for p in profiles for arg in ("--profile", p))]
+    stack = Stack(
+        project,
+        env,
+        [*command, *options],
+        f"127.0.0.1:{grpc_port}",
+        f"http://127.0.0.1:{http_port}",
+    )
+    built = [name for name, s in services_run(profiles).items() if "build" in s]
+    stack.compose("build", *built)
+    images = {resolved_image(str(s["image"]), env) for s in services_run(profiles).values()}
     missing = [
         image
         for image in sorted(images)
@@ -169,10 +185,11 @@ def _prepare(project: str, command: list[str]) -> Stack:
     return stack
 
 
-def _remove(project: str, command: list[str]) -> None:
+def _remove(project: str, command: list[str], profiles: tuple[str, ...] = ()) -> None:
     env = base_env()
+    options = ["-p", project, *(arg for p in profiles for arg in ("--profile", p))]
     subprocess.run(
-        [*command, "-p", project, "down", "-v"],
+        [*command, *options, "down", "-v"],
         cwd=ROOT,
         env=env,
         capture_output=True,
