@@ -17,15 +17,18 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
 import yaml
+from filelock import FileLock
 
 from tests.faults.cluster import free_port
 from tests.support import ROOT, base_env, connect, eventually
@@ -150,11 +153,14 @@ def _prepare(
 ) -> Stack:
     """Stand-in base images, the locked wheels, the app's image (and the profiles' own);
     checks every image the stack runs is local (so nothing is pulled), then ``up``."""
-    standins = subprocess.run(
-        [str(ROOT / "scripts" / "standins")], capture_output=True, text=True, timeout=1200
-    )
-    assert standins.returncode == 0, standins.stderr
-    subprocess.run([str(ROOT / "scripts" / "wheels")], check=True, timeout=600)
+    # One at a time: the modules of this folder may run side by side (xdist), and both
+    # scripts fill caches (the Debian root, the images, wheels/).
+    with FileLock(Path(tempfile.gettempdir()) / "image-service-compose-prepare.lock"):
+        standins = subprocess.run(
+            [str(ROOT / "scripts" / "standins")], capture_output=True, text=True, timeout=1200
+        )
+        assert standins.returncode == 0, standins.stderr
+        subprocess.run([str(ROOT / "scripts" / "wheels")], check=True, timeout=600)
     grpc_port, http_port = free_port(), free_port()
     env = base_env(
         **dict(line.split("=", 1) for line in standins.stdout.split()),
