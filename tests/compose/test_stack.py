@@ -161,12 +161,13 @@ def _prepare(
         )
         assert standins.returncode == 0, standins.stderr
         subprocess.run([str(ROOT / "scripts" / "wheels")], check=True, timeout=600)
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port, management_port = free_port(), free_port(), free_port()
     env = base_env(
         **dict(line.split("=", 1) for line in standins.stdout.split()),
         IMAGE=f"baremetal-image-service:{project}",
         GRPC_PORT=str(grpc_port),
         HTTP_PORT=str(http_port),
+        RABBITMQ_MANAGEMENT_PORT=str(management_port),
         PUBLIC_ENDPOINT=f"localhost:{grpc_port}",
         **settings,
     )
@@ -233,6 +234,14 @@ def test_every_service_is_healthy_and_migrate_ran_once(stack: Stack):
         for state in stack.containers(service):
             assert state["State"]["Health"]["Status"] == "healthy", service  # type: ignore[index]
     assert len(stack.containers("workers")) == 2
+    # The compose network holds this stack's containers and nothing else.
+    network = f"{stack.project}_default"
+    inspected = subprocess.run(
+        ["docker", "network", "inspect", network], capture_output=True, text=True, check=True
+    )
+    members = {c["Name"] for c in json.loads(inspected.stdout)[0]["Containers"].values()}
+    ours = {str(c["Name"]).lstrip("/") for c in stack.containers() if c["State"]["Running"]}  # type: ignore[index]
+    assert members == ours
 
 
 def test_the_readme_quickstart_then_rest_and_the_console_from_the_host(stack: Stack):
@@ -315,12 +324,19 @@ async def test_a_killed_worker_and_restarted_databases_lose_nothing(stack: Stack
     token = token_of(stack)
     run = uuid.uuid4().hex[:6]
     accepted = await create_all(stack.grpc_address, token, [f"k{run}-{i}" for i in range(8)])
-    worker = stack.containers("workers")[0]
-    await asyncio.to_thread(
-        subprocess.run, ["docker", "kill", "--signal", "KILL", str(worker["Id"])], check=True
+
+    async def faults() -> None:
+        """While Creates go on: a worker SIGKILLed, then PostgreSQL and RabbitMQ restarted."""
+        worker = stack.containers("workers")[0]
+        await asyncio.to_thread(
+            subprocess.run, ["docker", "kill", "--signal", "KILL", str(worker["Id"])], check=True
+        )
+        await asyncio.to_thread(stack.compose, "restart", "postgres", "rabbitmq")
+
+    during, _ = await asyncio.gather(
+        create_all(stack.grpc_address, token, [f"r{run}-{i}" for i in range(16)]), faults()
     )
-    stack.compose("restart", "postgres", "rabbitmq")
-    accepted |= await create_all(stack.grpc_address, token, [f"r{run}-{i}" for i in range(8)])
+    accepted |= during
     stack.compose("up", "-d", "--no-build")  # the killed worker back, as `restart:` would
     await eventually(
         lambda: all_done(stack.grpc_address, token, list(accepted.values())),
