@@ -17,18 +17,16 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.compose.test_stack import (
-    FOLDER,
     Stack,
     _prepare,
     _remove,
-    all_done,
     compose_command,
     create_all,
     docker_engine,  # noqa: F401 - a fixture of this module too
+    each_created_once,
     token_of,
 )
-from tests.support import connect, eventually
-from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
+from tests.support import eventually
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -104,17 +102,4 @@ async def test_the_stack_follows_a_killed_primary_and_loses_nothing(ha_stack: St
         return await asyncio.to_thread(role, stack, old) == "replica"
 
     await eventually(rejoined, timeout=120, interval=1, what=f"{old} back as a standby")
-    await eventually(
-        lambda: all_done(stack.grpc_address, token, list(accepted.values())),
-        timeout=300,
-        interval=1,
-        what="every Create done",
-    )
-    async with connect(stack.grpc_address, token) as channel:
-        images = image_service_pb2_grpc.ImageServiceStub(channel)
-        listed = await images.List(
-            image_service_pb2.ListImagesRequest(folder_id=FOLDER, page_size=1000)
-        )
-    mine = [i for i in listed.images if run in i.name]
-    assert sorted(i.name for i in mine) == sorted(accepted)  # each once
-    assert all(i.status == image_pb2.Image.READY for i in mine)
+    await each_created_once(stack, token, run, accepted)

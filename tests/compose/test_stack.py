@@ -320,6 +320,25 @@ async def all_done(address: str, token: str, operation_ids: list[str]) -> bool:
     return True
 
 
+async def each_created_once(stack: Stack, token: str, run: str, accepted: dict[str, str]) -> None:
+    """Every accepted Create finishes with a response, and the run's images are exactly the
+    names accepted, each once, READY."""
+    await eventually(
+        lambda: all_done(stack.grpc_address, token, list(accepted.values())),
+        timeout=300,
+        interval=1,
+        what="every Create done",
+    )
+    async with connect(stack.grpc_address, token) as channel:
+        images = image_service_pb2_grpc.ImageServiceStub(channel)
+        listed = await images.List(
+            image_service_pb2.ListImagesRequest(folder_id=FOLDER, page_size=1000)
+        )
+    mine = [i for i in listed.images if run in i.name]
+    assert sorted(i.name for i in mine) == sorted(accepted)  # each once
+    assert all(i.status == image_pb2.Image.READY for i in mine)
+
+
 async def test_a_killed_worker_and_restarted_databases_lose_nothing(stack: Stack):
     token = token_of(stack)
     run = uuid.uuid4().hex[:6]
@@ -338,20 +357,7 @@ async def test_a_killed_worker_and_restarted_databases_lose_nothing(stack: Stack
     )
     accepted |= during
     stack.compose("up", "-d", "--no-build")  # the killed worker back, as `restart:` would
-    await eventually(
-        lambda: all_done(stack.grpc_address, token, list(accepted.values())),
-        timeout=300,
-        interval=1,
-        what="every Create done",
-    )
-    async with connect(stack.grpc_address, token) as channel:
-        images = image_service_pb2_grpc.ImageServiceStub(channel)
-        listed = await images.List(
-            image_service_pb2.ListImagesRequest(folder_id=FOLDER, page_size=1000)
-        )
-    mine = [i for i in listed.images if run in i.name]
-    assert sorted(i.name for i in mine) == sorted(accepted)  # each once
-    assert all(i.status == image_pb2.Image.READY for i in mine)
+    await each_created_once(stack, token, run, accepted)
 
 
 async def test_down_then_up_keeps_everything_and_workers_scale(stack: Stack):
