@@ -28,6 +28,7 @@ from service.runtime.settings import Settings
 from service.runtime.startup import unless_stopped
 from service.runtime.supervisor import Supervisor
 from service.runtime.waiters import OperationWaiters
+from service.usecases.accounts import TokenExchange
 from service.usecases.auth import Authenticator
 from service.usecases.execute import Executor
 from service.usecases.images import Images
@@ -111,6 +112,7 @@ class ApiUseCases(Generic[Encoded]):
     authenticator: Authenticator
     limiter: RateLimiter
     recent: RecentOperations  # the operations console's read
+    exchange: TokenExchange  # IamTokenService.Create
 
 
 def build_api(
@@ -144,17 +146,31 @@ def build_api(
         cache_size=settings.operation_cache_size,
         retention_seconds=settings.operation_retention_seconds,
     )
+    authenticator = Authenticator(postgres.tokens, settings.auth_cache_seconds)
     listener = DoneListener(
-        str(settings.database_url), operations.operation_finished, waiters.wake_all
+        str(settings.database_url),
+        operations.operation_finished,
+        waiters.wake_all,
+        on_revoked=authenticator.forget,
     )
     infra.supervisor.start("done-listener", listener.run)
+    audiences = (a.strip() for a in settings.iam_token_audiences.split(","))
+    exchange = TokenExchange(
+        postgres.accounts,
+        audiences=frozenset(a for a in audiences if a),
+        lifetime_seconds=settings.iam_token_lifetime_seconds,
+        limiter=RateLimiter(
+            settings.iam_token_exchanges_per_second, settings.iam_token_exchange_burst
+        ),
+    )
     return ApiUseCases(
         images=images,
         operations=operations,
         marks=marks,
-        authenticator=Authenticator(postgres.tokens, settings.auth_cache_seconds),
+        authenticator=authenticator,
         limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         recent=RecentOperations(postgres.reads),
+        exchange=exchange,
     )
 
 

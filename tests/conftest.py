@@ -220,6 +220,10 @@ def stack_env(database_url: str, queue_names: Callable[[str], str]) -> dict[str,
         WORKER_GRACE_SECONDS="5",
         # The blob server the workers download from is on loopback.
         DOWNLOAD_ALLOWED_NETWORKS="127.0.0.0/8",
+        # Every test exchanges its JWTs from 127.0.0.1: one address, many clients. The limit
+        # itself is tested on an API of its own.
+        IAM_TOKEN_EXCHANGES_PER_SECOND="1000",
+        IAM_TOKEN_EXCHANGE_BURST="1000",
     )
 
 

@@ -62,6 +62,8 @@ class StoredToken:
     secret_hash: bytes
     expires_at: datetime | None
     revoked_at: datetime | None
+    # An IAM token: the service account key it was exchanged for (IamTokenService.Create).
+    key_id: str | None = None
 
 
 @dataclass(frozen=True)

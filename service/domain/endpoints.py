@@ -22,12 +22,10 @@ SERVICE_IDS = (
     "baremetal",
     # ApiEndpointService itself.
     "endpoint",
-    # Not served here. The Python SDK (yandexcloud) reads the `iam` entry to build the
+    # IamTokenService: an SDK given a service account's key (service_account_key=) exchanges
+    # it here for IAM tokens. The Python SDK (yandexcloud) reads the `iam` entry to build the
     # credentials of every channel, even when it is given an IAM token that it never
-    # exchanges: without it, `sdk.client(...)` fails with KeyError('iam'). This server checks
-    # its own bearer tokens, so it names itself. An SDK given a token of this service as its
-    # `iam_token` never calls IAM; one given an OAuth token or a key would ask
-    # IamTokenService here and get UNIMPLEMENTED.
+    # exchanges: without it, `sdk.client(...)` fails with KeyError('iam').
     "iam",
     # OperationService: `sdk.client(OperationServiceStub)` and the SDK's operation waiter.
     "operation",

@@ -23,10 +23,12 @@ from service.bootstrap import (
     start_infrastructure,
     start_metrics,
 )
+from service.domain.accounts import audience_for
 from service.domain.endpoints import announced_endpoints, is_unspecified, public_address
 from service.entrypoints.grpc.calls import CallHandling
 from service.entrypoints.grpc.convert import EncodedOperation, encode_operation
 from service.entrypoints.grpc.endpoints import ApiEndpointService
+from service.entrypoints.grpc.iam import IamTokenService
 from service.entrypoints.grpc.servicers import (
     ImageService,
     LongRunningOperations,
@@ -39,6 +41,7 @@ from service.runtime.settings import Settings
 from service.usecases.health import dependencies_ok
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
 from yandex.cloud.endpoint import api_endpoint_service_pb2, api_endpoint_service_pb2_grpc
+from yandex.cloud.iam.v1 import iam_token_service_pb2, iam_token_service_pb2_grpc
 from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -48,6 +51,7 @@ SERVICE_NAMES = (
     operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"].full_name,
     operations_pb2.DESCRIPTOR.services_by_name["Operations"].full_name,
     api_endpoint_service_pb2.DESCRIPTOR.services_by_name["ApiEndpointService"].full_name,
+    iam_token_service_pb2.DESCRIPTOR.services_by_name["IamTokenService"].full_name,
 )
 # Serving before the broker is reached is safe (the outbox holds what cannot be sent), but a
 # normal start should publish directly: give the connection a moment.
@@ -88,6 +92,8 @@ def _grpc_server(
     if port == 0:
         raise SystemExit(f"cannot listen on {settings.grpc_listen}")
     address = public_address(settings.public_endpoint, settings.grpc_listen, port)
+    if not settings.iam_token_audiences.strip():
+        api.exchange.accept_audience(audience_for(address))
     calls = CallHandling(api.authenticator, api.limiter, metered=bool(settings.metrics_listen))
     calls.add_services(
         server,
@@ -104,6 +110,10 @@ def _grpc_server(
             (
                 api_endpoint_service_pb2_grpc.add_ApiEndpointServiceServicer_to_server,
                 ApiEndpointService(announced_endpoints(address)),
+            ),
+            (
+                iam_token_service_pb2_grpc.add_IamTokenServiceServicer_to_server,
+                IamTokenService(api.exchange),
             ),
         ),
     )

@@ -97,6 +97,23 @@ class Settings(BaseSettings):
         default=500.0, gt=0, description="calls per second per subject (token bucket refill)"
     )
     rate_limit_burst: int = Field(default=1000, gt=0, description="token bucket size")
+    iam_token_lifetime_seconds: float = Field(
+        default=43200.0,
+        gt=0,
+        le=7 * 86400,
+        description="how long an IAM token made by IamTokenService.Create is accepted",
+    )
+    iam_token_audiences: str = Field(
+        default="",
+        description="comma-separated JWT audiences the token exchange accepts "
+        "(empty: https://iam.<PUBLIC_ENDPOINT>/iam/v1/tokens, what the SDKs send)",
+    )
+    iam_token_exchanges_per_second: float = Field(
+        default=10.0, gt=0, description="token exchanges per second per client address"
+    )
+    iam_token_exchange_burst: int = Field(
+        default=20, gt=0, description="token exchanges one client address may make at once"
+    )
     max_unfinished_operations_per_folder: int = Field(
         default=1000, gt=0, description="unfinished operations one folder may have"
     )
@@ -300,6 +317,10 @@ READ_BY_API_ONLY = frozenset(
         "http_max_concurrent_requests",
         "rate_limit_per_second",
         "rate_limit_burst",
+        "iam_token_lifetime_seconds",
+        "iam_token_audiences",
+        "iam_token_exchanges_per_second",
+        "iam_token_exchange_burst",
         "max_unfinished_operations_per_folder",
     }
 )

@@ -24,8 +24,9 @@ from service.usecases.ports import Tokens
 class Authenticator:
     """Turns an ``authorization`` header into a ``Principal``.
 
-    A stored token is kept ``cache_seconds`` after it was read, so a revocation or an
-    expiry takes effect within that time on every API process.
+    A stored token is kept ``cache_seconds`` after it was read, so an expiry takes effect
+    within that time on every API process; a revocation at once, through ``forget`` (the
+    database announces every revocation), or within that time if the announcement is lost.
     """
 
     def __init__(
@@ -41,6 +42,10 @@ class Authenticator:
         self._clock = clock
         self._max_cached = max_cached
         self._cache: dict[str, tuple[float, StoredToken | None]] = {}
+
+    def forget(self) -> None:
+        """Drop every token read: a token was revoked somewhere."""
+        self._cache.clear()
 
     async def authenticate(self, header: str | None) -> Principal:
         token_id, secret = parse_authorization(header)

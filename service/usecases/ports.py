@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from service.domain.accounts import KeyOfAccount, ServiceAccount, StoredKey
 from service.domain.auth import StoredToken
 from service.domain.listing import ImageQuery, OperationQuery
 from service.domain.model import (
@@ -256,6 +257,11 @@ class Retention(Protocol):
 
     async def delete_expired_idempotency_keys(self, older_than_seconds: float) -> int: ...
 
+    async def delete_expired_tokens(self, older_than_seconds: float) -> int:
+        """Remove tokens that expired more than ``older_than_seconds`` ago (IAM tokens, one
+        an hour or so per SDK client, would otherwise pile up)."""
+        ...
+
 
 class Tokens(Protocol):
     async def insert_token(self, token: StoredToken) -> None: ...
@@ -263,6 +269,35 @@ class Tokens(Protocol):
     async def revoke_token(self, token_id: str) -> bool: ...
 
     async def find_token(self, token_id: str) -> StoredToken | None: ...
+
+
+class ServiceAccounts(Protocol):
+    """Service accounts, their keys, and the IAM tokens exchanged for a key's JWT."""
+
+    async def find_key(self, key_id: str) -> KeyOfAccount | None: ...
+
+    async def insert_iam_token(self, token: StoredToken) -> bool:
+        """Store ``token`` (its ``key_id`` set) with the role and folders of the key's account,
+        only while the key is active and its account not deleted; False if not stored."""
+        ...
+
+    async def insert_account(self, account: ServiceAccount) -> None: ...
+
+    async def list_accounts(self) -> list[ServiceAccount]: ...
+
+    async def delete_account(self, account_id: str) -> bool:
+        """Delete the account and revoke its keys and their tokens; False if none was live."""
+        ...
+
+    async def insert_key(self, key: StoredKey) -> bool:
+        """False if the key's account does not exist or is deleted."""
+        ...
+
+    async def list_keys(self, account_id: str | None) -> list[StoredKey]: ...
+
+    async def revoke_key(self, key_id: str) -> bool:
+        """Revoke the key and its tokens; False if it was not active."""
+        ...
 
 
 class Publisher(Protocol):

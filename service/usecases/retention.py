@@ -1,4 +1,5 @@
-"""Retention: finished operations and idempotency keys past their age are removed.
+"""Retention: finished operations and idempotency keys past their age are removed, and
+tokens a day after they expired.
 
 Unfinished operations are never removed, whatever their age.
 """
@@ -14,12 +15,15 @@ from service.usecases.ports import Retention
 log = structlog.get_logger(__name__)
 
 BATCH = 1000
+# An expired token is kept this long (``token list`` shows it), then removed.
+EXPIRED_TOKEN_KEEP_SECONDS = 86400.0
 
 
 @dataclass(frozen=True)
 class Purged:
     operations: int
     idempotency_keys: int
+    tokens: int = 0
 
 
 async def purge_expired(
@@ -33,6 +37,7 @@ async def purge_expired(
         if batch < BATCH:
             break
     keys = await store.delete_expired_idempotency_keys(idempotency_ttl_seconds)
-    if removed or keys:
-        log.info("retention.purged", operations=removed, idempotency_keys=keys)
-    return Purged(operations=removed, idempotency_keys=keys)
+    tokens = await store.delete_expired_tokens(EXPIRED_TOKEN_KEEP_SECONDS)
+    if removed or keys or tokens:
+        log.info("retention.purged", operations=removed, idempotency_keys=keys, tokens=tokens)
+    return Purged(operations=removed, idempotency_keys=keys, tokens=tokens)

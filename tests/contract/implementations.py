@@ -103,7 +103,8 @@ _PASS_TIME = (
     f" relay_claimed_until = relay_claimed_until {_BACK}",
     f"UPDATE images SET created_at = created_at {_BACK}",
     f"UPDATE idempotency_keys SET created_at = created_at {_BACK}",
-    f"UPDATE api_tokens SET created_at = created_at {_BACK}, revoked_at = revoked_at {_BACK}",
+    f"UPDATE api_tokens SET created_at = created_at {_BACK}, revoked_at = revoked_at {_BACK},"
+    f" expires_at = expires_at {_BACK}",
 )
 
 

@@ -1,10 +1,11 @@
-"""``Retention``: finished operations and idempotency keys removed once old enough."""
+"""``Retention``: finished operations, idempotency keys and expired tokens removed once old
+enough."""
 
 from __future__ import annotations
 
 from service.domain.model import ImageChange, Operation
 from tests.contract.implementations import Implementation
-from tests.contract.requests import FOLDER, delete_of, key, update_of
+from tests.contract.requests import FOLDER, delete_of, key, stored_token, update_of
 
 DAY = 86400.0
 
@@ -69,3 +70,18 @@ async def test_a_key_younger_than_the_age_is_kept(port: Implementation) -> None:
     assert await port.retention.delete_expired_idempotency_keys(DAY) == 0
     again = await port.accepts.begin_delete(delete_of(image.id), key("k1"))
     assert again.replayed
+
+
+async def test_a_token_expired_longer_than_the_age_is_removed(port: Implementation) -> None:
+    expiring = stored_token(expires_in_days=1)  # expired a day ago once three days pass
+    lasting = stored_token(expires_in_days=None)
+    later = stored_token(expires_in_days=30)
+    for token in (expiring, lasting, later):
+        await port.tokens.insert_token(token)
+    await port.pass_time(3 * DAY)
+
+    assert await port.retention.delete_expired_tokens(DAY) == 1
+    assert await port.tokens.find_token(expiring.id) is None
+    assert await port.tokens.find_token(lasting.id) is not None
+    assert await port.tokens.find_token(later.id) is not None
+    assert await port.retention.delete_expired_tokens(DAY) == 0

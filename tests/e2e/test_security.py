@@ -15,11 +15,14 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import grpc
+import pytest
 from google.protobuf import field_mask_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -27,6 +30,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from service.domain.ids import IMAGE_PREFIX, OPERATION_PREFIX, new_id
+from tests.accounts import exchange, make_key, make_service_account, sign
 from tests.e2e.client import (
     create_ready_image,
     folder,
@@ -47,6 +51,7 @@ from tests.support import (
     eventually,
 )
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2, image_service_pb2_grpc
+from yandex.cloud.iam.v1.iam_token_service_pb2 import CreateIamTokenRequest, CreateIamTokenResponse
 from yandex.cloud.operation import operation_service_pb2, operation_service_pb2_grpc
 
 Code = grpc.StatusCode
@@ -70,6 +75,35 @@ def make_token(
     if expires_in is not None:
         args += ["--expires-in", str(expires_in)]
     return create_token(database_url, *args)
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A bearer token, and the subject its operations are recorded as (``created_by``)."""
+
+    token: str
+    subject: str
+
+
+MakeCredential = Callable[..., Awaitable[Credential]]
+
+
+@pytest.fixture(params=["service token", "service account IAM token"])
+def credential(request: pytest.FixtureRequest, database_url: str, tmp_path: Path) -> MakeCredential:
+    """Makes the folder-isolation tests' callers: ``await credential(address, subject,
+    *folders, role=...)``, a token of the service (``token create``) or an IAM token of a new
+    service account of those folders, exchanged at ``address`` as the SDK does."""
+
+    async def make(address: str, subject: str, *folders: str, role: str = "editor") -> Credential:
+        if request.param == "service token":
+            return Credential(make_token(database_url, subject, *folders, role=role), subject)
+        account = make_service_account(database_url, *folders, role=role)
+        key = make_key(database_url, account, tmp_path)
+        answer = await exchange(address, CreateIamTokenRequest(jwt=sign(key, address)))
+        assert isinstance(answer, CreateIamTokenResponse), answer
+        return Credential(answer.iam_token, account)
+
+    return make
 
 
 def secret_of(token: str) -> str:
@@ -446,12 +480,12 @@ async def test_every_method_checks_the_role_before_the_request(api, database_url
 
 
 async def test_an_editor_acts_in_its_folders_only_and_is_recorded_as_creator(
-    api, images, operations, blobs, database_url, db
+    api, images, operations, blobs, credential, db
 ):
     mine, theirs = folder(), folder()
-    subject = unique("editor")
-    editor = make_token(database_url, subject, mine)
-    async with connect(api.address, editor) as channel:
+    editor = await credential(api.address, unique("editor"), mine)
+    subject = editor.subject
+    async with connect(api.address, editor.token) as channel:
         e_images, e_operations = stubs(channel)
         created = await create(e_images, mine, blobs.url("/blob/8"))
         assert created.created_by == subject
@@ -478,15 +512,15 @@ async def test_an_editor_acts_in_its_folders_only_and_is_recorded_as_creator(
 
 
 async def test_a_token_of_several_folders_sees_each_of_them_and_no_other(
-    api, images, operations, blobs, database_url
+    api, images, operations, blobs, credential
 ):
     first, second, third = folder(), folder(), folder()
     uri = blobs.url("/blob/8")
     in_first = await create_ready_image(images, operations, uri, first)
     in_second = await create_ready_image(images, operations, uri, second)
     in_third = await create_ready_image(images, operations, uri, third)
-    token = make_token(database_url, unique("multi"), first, second, role="viewer")
-    async with connect(api.address, token) as channel:
+    multi = await credential(api.address, unique("multi"), first, second, role="viewer")
+    async with connect(api.address, multi.token) as channel:
         t_images, _ = stubs(channel)
         assert (await get_image(t_images, in_first.id)).id == in_first.id
         assert (await get_image(t_images, in_second.id)).id == in_second.id
@@ -497,7 +531,7 @@ async def test_a_token_of_several_folders_sees_each_of_them_and_no_other(
 
 
 async def test_anything_of_a_folder_the_caller_may_not_see_answers_like_something_missing(
-    api, images, operations, blobs, database_url
+    api, images, operations, blobs, credential
 ):
     """Image B and its operations, seen with folder-A tokens: exactly like IDs that do not exist."""
     folder_a, folder_b = folder(), folder()
@@ -513,9 +547,9 @@ async def test_anything_of_a_folder_the_caller_may_not_see_answers_like_somethin
 
     missing_image = new_id(IMAGE_PREFIX)
     missing_operation = new_id(OPERATION_PREFIX)
-    editor = make_token(database_url, unique("editor-a"), folder_a)
-    viewer = make_token(database_url, unique("viewer-a"), folder_a, role="viewer")
-    for token, role in ((editor, "editor"), (viewer, "viewer")):
+    editor = await credential(api.address, unique("editor-a"), folder_a)
+    viewer = await credential(api.address, unique("viewer-a"), folder_a, role="viewer")
+    for token, role in ((editor.token, "editor"), (viewer.token, "viewer")):
         async with connect(api.address, token) as channel:
             a_images, a_operations = stubs(channel)
             reads = {
@@ -560,13 +594,16 @@ async def test_anything_of_a_folder_the_caller_may_not_see_answers_like_somethin
 
 
 async def test_an_unfinished_operation_of_another_folder_cannot_be_cancelled(
-    processes, own_stack_env, database_url, db, blobs
+    processes, own_stack_env, credential, db, blobs
 ):
     # No workers: the Create stays unfinished.
     api = await processes.start("service", own_stack_env(), "api-hidden-cancel")
     folder_a, folder_b = folder(), folder()
-    editor_a = make_token(database_url, unique("editor-a"), folder_a)
-    async with connect(api.address) as admin_channel, connect(api.address, editor_a) as channel:
+    editor_a = await credential(api.address, unique("editor-a"), folder_a)
+    async with (
+        connect(api.address) as admin_channel,
+        connect(api.address, editor_a.token) as channel,
+    ):
         admin_images, admin_operations = stubs(admin_channel)
         a_images, a_operations = stubs(channel)
         created = await create(admin_images, folder_b, blobs.url("/blob/8"))
@@ -593,13 +630,14 @@ async def test_an_unfinished_operation_of_another_folder_cannot_be_cancelled(
 
 
 async def test_the_same_idempotency_key_of_two_subjects_makes_two_operations(
-    api, images, operations, blobs, database_url
+    api, images, operations, blobs, credential
 ):
     folder_id = folder()
     image = await create_ready_image(images, operations, blobs.url("/blob/8"), folder_id)
-    first_subject, second_subject = unique("first"), unique("second")
-    first = make_token(database_url, first_subject, folder_id)
-    second = make_token(database_url, second_subject, folder_id)
+    first_caller = await credential(api.address, unique("first"), folder_id)
+    second_caller = await credential(api.address, unique("second"), folder_id)
+    first, second = first_caller.token, second_caller.token
+    first_subject, second_subject = first_caller.subject, second_caller.subject
     key = str(uuid.uuid4())
     keyed = ((IDEMPOTENCY, key),)
     address = api.address
@@ -629,13 +667,13 @@ async def test_the_same_idempotency_key_of_two_subjects_makes_two_operations(
 
 
 async def test_a_key_replayed_with_a_token_for_another_folder_reveals_nothing(
-    api, images, operations, blobs, database_url
+    api, images, operations, blobs, credential
 ):
     folder_a, folder_b = folder(), folder()
     image = await create_ready_image(images, operations, blobs.url("/blob/8"), folder_a)
     subject = unique("two-tokens")
-    for_a = make_token(database_url, subject, folder_a)
-    for_b = make_token(database_url, subject, folder_b)
+    for_a = (await credential(api.address, subject, folder_a)).token
+    for_b = (await credential(api.address, subject, folder_b)).token
     keyed = ((IDEMPOTENCY, str(uuid.uuid4())),)
     address = api.address
     async with connect(address, for_a) as channel_a, connect(address, for_b) as channel_b:

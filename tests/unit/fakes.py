@@ -741,6 +741,18 @@ class FakeStore:
                 del self.state.keys[key]
             return len(expired)
 
+    async def delete_expired_tokens(self, older_than_seconds: float) -> int:
+        self.calls["delete_expired_tokens"] += 1
+        cutoff = self.now - timedelta(seconds=older_than_seconds)
+        expired = [
+            token_id
+            for token_id, token in self.tokens.items()
+            if token.expires_at is not None and token.expires_at < cutoff
+        ]
+        for token_id in expired:
+            del self.tokens[token_id]
+        return len(expired)
+
     # --- Tokens -----------------------------------------------------------------------------
 
     async def insert_token(self, token: StoredToken) -> None:

@@ -170,8 +170,12 @@ def framed_endpoint_service() -> tuple[FakeServer, FakeStore]:
     return server, store
 
 
-def test_only_endpoint_discovery_is_public():
-    assert {f"/{ENDPOINT_SERVICE}/Get", f"/{ENDPOINT_SERVICE}/List"} == PUBLIC_METHODS
+def test_only_endpoint_discovery_and_the_token_exchange_are_public():
+    assert {
+        f"/{ENDPOINT_SERVICE}/Get",
+        f"/{ENDPOINT_SERVICE}/List",
+        "/yandex.cloud.iam.v1.IamTokenService/Create",
+    } == PUBLIC_METHODS
 
 
 async def test_a_public_method_answers_without_a_token_and_never_reads_one():

@@ -214,6 +214,7 @@ CLIENT_MAY_IMPORT = (
 SAME_CONCEPT_IN_SEVERAL_LAYERS = {
     "__init__",
     "__main__",  # python -m service, python -m workers
+    "accounts",  # service accounts: the rules, the exchange, the statements, the commands
     "auth",  # tokens and principals: the rule, the use case
     "endpoints",  # endpoint discovery: what is announced, the servicer
     "health",  # the API's health: what it reports, the command that asks it

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service.adapters.postgres.accept import PostgresAccepts
+from service.adapters.postgres.accounts import PostgresServiceAccounts
 from service.adapters.postgres.database import Database
 from service.adapters.postgres.finish import PostgresFinishes
 from service.adapters.postgres.outbox import PostgresOutbox, PostgresRetention
@@ -32,6 +33,7 @@ class Postgres:
     outbox: PostgresOutbox
     retention: PostgresRetention
     tokens: PostgresTokens
+    accounts: PostgresServiceAccounts
 
     @classmethod
     def over(cls, db: Database, max_unfinished_per_folder: int = 1000) -> Postgres:
@@ -43,6 +45,7 @@ class Postgres:
             outbox=PostgresOutbox(db),
             retention=PostgresRetention(db),
             tokens=PostgresTokens(db),
+            accounts=PostgresServiceAccounts(db),
         )
 
     @classmethod

@@ -73,6 +73,8 @@ def load_sql(name: str) -> str:
 
 # The unique (folder_id, name) of migrations/0001.
 IMAGE_NAME_CONSTRAINT = "images_folder_name_key"
+# The unique name of a live service account (migrations/0013).
+ACCOUNT_NAME_INDEX = "service_accounts_live_name_idx"
 
 
 @contextlib.contextmanager
@@ -86,6 +88,8 @@ def translate_errors(image_name: str | None = None) -> Iterator[None]:
             if image_name is not None:
                 raise image_name_taken(image_name) from exc
             raise AlreadyExists("Image with that name already exists") from exc
+        if exc.constraint_name == ACCOUNT_NAME_INDEX:
+            raise AlreadyExists("A service account with that name already exists") from exc
         raise
     except asyncpg.DataError as exc:
         # Validation keeps such values out; should one slip through, it is still the

@@ -18,6 +18,7 @@ import structlog
 
 from service.adapters.postgres.database import HostByHost, single_host_dsns, translate_errors
 from service.adapters.postgres.rows import operation_from_row
+from service.adapters.postgres.tokens import REVOKED_CHANNEL
 from service.domain.errors import Unavailable
 from service.domain.model import Operation
 from service.runtime.retry import retrying
@@ -57,6 +58,9 @@ class DoneListener:
     the notification carries it (``None`` when it was too large to send). Notifications sent
     while the connection is down are lost, so after every (re)connection ``on_reconnect()``
     runs: listeners re-check whatever they wait for.
+
+    ``on_revoked()`` runs on each ``NOTIFY credentials_revoked`` (a token, a key or a service
+    account revoked) and after every (re)connection, since one may have been missed.
     """
 
     def __init__(
@@ -64,10 +68,12 @@ class DoneListener:
         dsn: str,
         on_done: Callable[[str, Operation | None], None],
         on_reconnect: Callable[[], None],
+        on_revoked: Callable[[], None] = lambda: None,
     ) -> None:
         self._dsn = dsn
         self._on_done = on_done
         self._on_reconnect = on_reconnect
+        self._on_revoked = on_revoked
         self._connect_host = HostByHost()
 
     def _notified(self, payload: str) -> None:
@@ -97,6 +103,10 @@ class DoneListener:
                     await conn.add_listener(
                         CHANNEL, lambda _c, _p, _ch, payload: self._notified(payload)
                     )
+                    await conn.add_listener(
+                        REVOKED_CHANNEL, lambda _c, _p, _ch, _payload: self._on_revoked()
+                    )
+                self._on_revoked()
                 self._on_reconnect()
                 reason = await _until_lost(conn, lost, checked=len(single_host_dsns(self._dsn)) > 1)
                 log.warning("listener.connection_lost", reason=reason)

@@ -142,6 +142,14 @@ class PostgresRetention:
             )
         return int(status.split()[-1])
 
+    async def delete_expired_tokens(self, older_than_seconds: float) -> int:
+        async with self._db.connection() as conn:
+            status = await conn.execute(
+                "DELETE FROM api_tokens WHERE expires_at < now() - make_interval(secs => $1)",
+                older_than_seconds,
+            )
+        return int(status.split()[-1])
+
     async def delete_expired_idempotency_keys(self, older_than_seconds: float) -> int:
         async with self._db.connection() as conn:
             status = await conn.execute(

@@ -1,9 +1,15 @@
-"""API tokens: only the SHA-256 hash of each secret is stored."""
+"""API tokens: only the SHA-256 hash of each secret is stored.
+
+A revocation sends ``NOTIFY credentials_revoked`` with its commit: every API process drops
+the tokens it trusted at once, rather than after ``AUTH_CACHE_SECONDS``.
+"""
 
 from __future__ import annotations
 
 from service.adapters.postgres.database import Database
 from service.domain.auth import Role, StoredToken
+
+REVOKED_CHANNEL = "credentials_revoked"
 
 
 class PostgresTokens:
@@ -26,17 +32,18 @@ class PostgresTokens:
             )
 
     async def revoke_token(self, token_id: str) -> bool:
-        async with self._db.connection() as conn:
+        async with self._db.transaction() as conn:
             status = await conn.execute(
                 "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
                 token_id,
             )
+            await conn.execute(f"SELECT pg_notify('{REVOKED_CHANNEL}', '')")
         return status.endswith(" 1")
 
     async def find_token(self, token_id: str) -> StoredToken | None:
         async with self._db.connection() as conn:
             row = await conn.fetchrow(
-                "SELECT id, subject, role, folders, secret_hash, expires_at, revoked_at"
+                "SELECT id, subject, role, folders, secret_hash, expires_at, revoked_at, key_id"
                 " FROM api_tokens WHERE id = $1",
                 token_id,
             )
@@ -50,4 +57,5 @@ class PostgresTokens:
             secret_hash=bytes(row["secret_hash"]),
             expires_at=row["expires_at"],
             revoked_at=row["revoked_at"],
+            key_id=row["key_id"],
         )

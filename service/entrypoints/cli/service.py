@@ -16,6 +16,7 @@ import click
 import structlog
 
 from service.domain.setup import Unreachable
+from service.entrypoints.cli.accounts import sa
 from service.entrypoints.cli.failures import explained, fail, load_settings
 from service.entrypoints.cli.health import health
 from service.entrypoints.cli.helptext import API_SETTINGS, SettingsGroup
@@ -119,6 +120,7 @@ def migrate(wait_seconds: float) -> None:
 
 
 cli.add_command(token)
+cli.add_command(sa)
 cli.add_command(doctor)
 cli.add_command(health)
 cli.add_command(ops)

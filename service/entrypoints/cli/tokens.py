@@ -147,8 +147,8 @@ def list_command(output_format: str) -> None:
 @token.command(settings=DATABASE_SETTINGS)
 @click.argument("token_or_id", metavar="TOKEN")
 def revoke(token_or_id: str) -> None:
-    """Revoke a token, given by its ID or whole. The API stops accepting it within
-    AUTH_CACHE_SECONDS."""
+    """Revoke a token, given by its ID or whole. The API stops accepting it at once (within
+    AUTH_CACHE_SECONDS should it miss the database's notice)."""
 
     async def work(settings: Settings) -> int:
         from service.adapters.postgres.tokens import PostgresTokens

@@ -50,13 +50,15 @@ _CALLER: contextvars.ContextVar[Principal] = contextvars.ContextVar("caller")
 # at high volume, and a line per poll would cost more than the poll. Failed calls and every
 # call that changes something are logged at INFO.
 READ_METHODS = frozenset({"Get", "List", "ListOperations", "GetOperation", "WaitOperation"})
-# The only methods answered without a token, by full name. Endpoint discovery: the official
-# SDKs and the CLI call it before they have credentials, and the public API answers it
-# unauthenticated too. tests/e2e/test_api_endpoints.py calls every other method without one.
+# The only methods answered without a token, by full name. Endpoint discovery and the IAM
+# token exchange: the official SDKs call them before they have credentials, and the public API
+# answers them unauthenticated too. tests/e2e/test_api_endpoints.py calls every other method
+# without one.
 PUBLIC_METHODS = frozenset(
     {
         "/yandex.cloud.endpoint.ApiEndpointService/Get",
         "/yandex.cloud.endpoint.ApiEndpointService/List",
+        "/yandex.cloud.iam.v1.IamTokenService/Create",
     }
 )
 # The caller of a public method: a viewer of no folder, so it could read nothing even if a

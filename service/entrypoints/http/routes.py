@@ -1,8 +1,9 @@
 """Every REST route of the API process, each a call of the same servicer method, in the same
 call frame, as over gRPC.
 
-- one route per ``google.api.http`` rule of ``ImageService`` and ``OperationService``, read
-  from their descriptors (``transcoding.bindings``);
+- one route per ``google.api.http`` rule of ``ImageService``, ``OperationService`` and
+  ``IamTokenService`` (``POST /iam/v1/tokens``), read from their descriptors
+  (``transcoding.bindings``);
 - ``GET /operations/{operation_id}:wait?timeout=30s``: ``WaitOperation`` for REST clients,
   answering the operation as ``GET /operations/{operation_id}`` does (the public protos have
   no rule for waiting; this one is declared here, as an ``HttpRule`` like theirs);
@@ -22,6 +23,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from service.bootstrap import ApiUseCases
 from service.entrypoints.grpc.calls import CallHandling
 from service.entrypoints.grpc.convert import EncodedOperation, operation_to_proto
+from service.entrypoints.grpc.iam import IamTokenService
 from service.entrypoints.grpc.servicers import (
     Context,
     ImageService,
@@ -35,6 +37,7 @@ from service.entrypoints.http.transcoding import Binding, bindings
 from service.runtime.lru import Lru
 from service.usecases.operations import Operations
 from yandex.cloud.baremetal.v1alpha import image_service_pb2
+from yandex.cloud.iam.v1 import iam_token_service_pb2
 from yandex.cloud.operation import operation_pb2, operation_service_pb2
 
 # Its path binds WaitOperationRequest.name: a google.longrunning name, here the operation's ID.
@@ -102,6 +105,10 @@ def _entries(
         (
             operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"],
             OperationService(api.operations),
+        ),
+        (
+            iam_token_service_pb2.DESCRIPTOR.services_by_name["IamTokenService"],
+            IamTokenService(api.exchange),
         ),
     ]
     for service, servicer in services:
