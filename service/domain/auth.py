@@ -84,14 +84,29 @@ def hash_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+# What a token of this service looks like, for the message that answers something else.
+TOKEN_SHAPE = "tok and 17 letters or digits, a dot, then 43 characters"
+
+
 def parse_authorization(header: str | None) -> tuple[str, str]:
-    """The token ID and secret of an ``authorization: Bearer <token>`` header."""
+    """The token ID and secret of an ``authorization: Bearer <token>`` header.
+
+    A header that is not ``Bearer <one word>`` is malformed; a word that cannot be a token of
+    this service is an invalid token (what a caller who typed or pasted the token needs to
+    hear, not a word about headers it never wrote).
+    """
     if not header:
         raise Unauthenticated("Authentication required: send authorization: Bearer <token>")
-    bearer = _BEARER.fullmatch(header.strip())
-    token = _TOKEN.fullmatch(bearer.group("token")) if bearer else None
-    if token is None:
+    text = header.strip()
+    bearer = _BEARER.fullmatch(text)
+    if bearer is None:
+        words = text.split()
+        if len(words) == 3 and all(w.lower() == "bearer" for w in words[:2]):
+            raise Unauthenticated("Invalid token: it begins with 'Bearer ': give the token alone")
         raise Unauthenticated("Malformed authorization header: expected Bearer <token>")
+    token = _TOKEN.fullmatch(bearer.group("token"))
+    if token is None:
+        raise Unauthenticated(f"Invalid token: not a token of this service ({TOKEN_SHAPE})")
     return token.group("id"), token.group("secret")
 
 

@@ -120,10 +120,12 @@ def pipeline_state(record: OperationRecord, now: datetime) -> str:
     """Where an unfinished operation is in the pipeline, in words."""
     if record.done:
         return "done"
-    if record.published_at is None:
-        return "not yet sent to the queue (the outbox relay sends it)"
     if record.attempts == 0:
+        if record.published_at is None:
+            # The API marks what it sent a moment later; the relay sends what stays unmarked.
+            return "not marked as sent yet (the outbox relay sends it if it stays so)"
         return "queued, not taken by a worker yet"
+    # Taken by a worker: whether its published mark was written no longer matters.
     if record.lease_until is None:
         return f"taken {record.attempts} time(s), not held by a worker"
     if record.lease_until > now:

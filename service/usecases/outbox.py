@@ -157,6 +157,7 @@ async def publish_pending(
     many were published.
     """
     total = 0
+    relayed: list[str] = []  # the first few, for the log line
     if not publisher.is_healthy():
         return total  # nothing can be sent; the rows wait in the outbox
     loop = asyncio.get_running_loop()
@@ -176,6 +177,7 @@ async def publish_pending(
                 await publisher.publish(message, publish_timeout)
                 sent.append(message)
                 count += len(message.operations)
+                relayed += [o.operation_id for o in message.operations[: 20 - len(relayed)]]
         except ServiceError as exc:
             log.warning("outbox.publish_failed", error=exc.message, sent=count)
         if sent:
@@ -185,7 +187,12 @@ async def publish_pending(
         total += count
         if count < RELAY_BATCH:
             if total:
-                log.info("outbox.published", count=total)
+                log.info(
+                    "outbox.published",
+                    count=total,
+                    operation_ids=relayed,
+                    why="accepted, and not marked as sent within OUTBOX_GRACE_SECONDS",
+                )
             return total
 
 

@@ -116,6 +116,20 @@ async def test_a_claim_carries_the_trace_the_operation_was_accepted_in(
     assert claimed == [Unpublished(operation.id, TRACEPARENT)]
 
 
+async def test_an_operation_a_worker_holds_is_not_claimed_though_unmarked(
+    port: Implementation,
+) -> None:
+    """The worker took it before its published mark was written (the mark then skips it):
+    it was delivered, and is not sent again while the lease runs."""
+    [operation] = await accepted(port)
+    await port.finishes.claim_with_lease(operation.id, LEASE)
+    await port.pass_time(GRACE + 1)
+
+    assert await unpublished(port) == []
+    await port.pass_time(LEASE)  # the worker died: its lease ran out
+    assert await unpublished(port) == [operation.id]
+
+
 async def test_an_operation_whose_lease_ran_out_is_requeued(port: Implementation) -> None:
     [operation] = await accepted(port)
     await port.outbox.mark_published(sent(operation))

@@ -116,3 +116,45 @@ async def test_the_progress_line_redraws_in_place_and_ends_cleanly(terminal, wor
     finally:
         await gate.close()
         await asyncio.sleep(0)
+
+
+async def test_ctrl_c_while_waiting_names_the_operation_that_goes_on(terminal, workers, images):
+    gate = await BlobServer().start()  # the download waits for the gate
+    try:
+        terminal.type(
+            f"{sys.executable} -m service image create --folder {folder()} --name {unique('tty')}"
+            f" --uri {gate.url('/gated/4096')}; echo EXIT=$?"
+        )
+
+        async def waiting() -> str | None:
+            lines = progress_lines(terminal.screen())
+            return lines[0] if lines and "image CREATING" in lines[0] else None
+
+        line = await eventually(waiting, timeout=60, what="the progress line")
+        operation_id = line.split("creating ", 1)[1].split()[0]
+        terminal.tmux("send-keys", "-t", "cli", "C-c")
+
+        async def interrupted() -> str | None:
+            screen = terminal.screen()
+            return screen if "EXIT=130" in screen else None
+
+        screen = await eventually(interrupted, timeout=30, what="the command to stop")
+        print(screen.rstrip())
+        assert (
+            f"interrupted; operation {operation_id} goes on"
+            f" (python -m service operation wait {operation_id})"
+        ) in " ".join(screen.split())  # the terminal may wrap the line
+        gate.release()
+        # It did go on: the operation it named finishes, waited for as the line says.
+        terminal.type(f"{sys.executable} -m service operation wait {operation_id}; echo WAITED=$?")
+
+        async def waited() -> str | None:
+            screen = terminal.screen()
+            done = [line for line in screen.splitlines() if line.startswith("WAITED=")]
+            return done[0] if done else None
+
+        assert await eventually(waited, timeout=90, what="operation wait to finish") == "WAITED=0"
+        screen = terminal.screen()
+        assert "READY" in screen.split("EXIT=130", 1)[1]
+    finally:
+        await gate.close()

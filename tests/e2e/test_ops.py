@@ -201,7 +201,7 @@ async def test_stuck_lists_old_unfinished_operations_with_attempts_and_lease(ops
     assert found[leased]["lease_until"] is not None
     assert "lease expired" in found[leased]["state"]
     assert found[leased]["image_status"] == "gone"
-    assert "not yet sent to the queue" in found[unpublished]["state"]
+    assert "not marked as sent yet" in found[unpublished]["state"]
 
     table = await run(
         "service", "ops", "operations", "stuck", "--older-than", "7200", env={"DATABASE_URL": url}

@@ -327,6 +327,7 @@ async def test_malformed_unknown_and_wrong_secret_tokens_are_unauthenticated(
         "unknown id": f"Bearer {unknown}",
         "wrong secret": f"Bearer {wrong_secret}",
         "wrong-cased id": f"Bearer {token_id.upper()}.{secret}",
+        "bearer twice": f"Bearer Bearer {good}",
     }
     async with grpc.aio.insecure_channel(api.address) as channel:
         images, operations = stubs(channel)
@@ -341,6 +342,23 @@ async def test_malformed_unknown_and_wrong_secret_tokens_are_unauthenticated(
                 messages[what] = error.details()
     # A wrong secret tells nothing about whether the token ID exists.
     assert messages["unknown id"] == messages["wrong secret"] == "Invalid token"
+    # A header that is not "Bearer <one word>" is malformed; a word that is no token of ours is
+    # an invalid token, said so (what someone who typed or pasted a token needs to hear).
+    malformed = "Malformed authorization header: expected Bearer <token>"
+    for what in ("empty", "bare token", "basic", "bearer alone", "two tokens"):
+        assert messages[what] == (
+            "Authentication required: send authorization: Bearer <token>"
+            if what == "empty"
+            else malformed
+        ), what
+    for what in ("bearer garbage", "short secret", "long secret", "no separator", "wrong-cased id"):
+        assert messages[what] == (
+            "Invalid token: not a token of this service"
+            " (tok and 17 letters or digits, a dot, then 43 characters)"
+        ), what
+    assert (
+        messages["bearer twice"] == "Invalid token: it begins with 'Bearer ': give the token alone"
+    )
 
 
 async def test_an_expired_token_is_refused(api, database_url):

@@ -654,6 +654,7 @@ class FakeStore:
                     and not row.operation.done
                     and row.operation.created_at < cutoff
                     and (row.relay_claimed_until is None or row.relay_claimed_until < self.now)
+                    and (row.lease_until is None or row.lease_until < self.now)
                 ),
                 key=lambda row: row.operation.created_at,
             )[:limit]

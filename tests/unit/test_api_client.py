@@ -90,6 +90,70 @@ def test_unavailable_past_the_retry_time_says_where_it_tried():
     assert len(method.calls) == 1
 
 
+REFUSED = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1:"
+    " Failed to connect to remote host: Connection refused"
+)
+
+
+class Clock:
+    """time.monotonic and time.sleep for the client: sleeping moves the clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    made = Clock()
+    monkeypatch.setattr(client_module.time, "monotonic", made.monotonic)
+    monkeypatch.setattr(client_module.time, "sleep", made.sleep)
+    return made
+
+
+def test_a_first_call_refused_outright_gives_up_soon_with_one_notice(clock: Clock):
+    """A mistyped endpoint: nothing listens there. Not RETRY_SECONDS of identical lines."""
+    method = Scripted(Refusal(grpc.StatusCode.UNAVAILABLE, REFUSED))
+    notices: list[str] = []
+    with (
+        ApiClient(ApiTarget("127.0.0.1:1", "t"), notices.append) as api,
+        pytest.raises(ApiError, match=r"cannot reach the API at 127\.0\.0\.1:1"),
+    ):
+        api.call(method, None)
+    assert clock.now <= client_module.FIRST_CONTACT_SECONDS
+    assert len(method.calls) > 1  # retried meanwhile
+    assert notices == [f"the API is unavailable ({REFUSED}); retrying"]
+
+
+def test_refused_after_the_api_has_answered_is_retried_for_the_whole_retry_time(clock: Clock):
+    """The API restarting under a command that already talked to it."""
+    method = Scripted(operation(True), *[Refusal(grpc.StatusCode.UNAVAILABLE, REFUSED)] * 3)
+    notices: list[str] = []
+    with ApiClient(ApiTarget("127.0.0.1:1", "t"), notices.append, retry_seconds=20) as api:
+        api.call(method, None)
+        with pytest.raises(ApiError):
+            api.call(method, None)
+    assert client_module.FIRST_CONTACT_SECONDS < clock.now <= 20
+    assert len(notices) == 1
+
+
+def test_a_first_call_cut_off_otherwise_is_retried_for_the_whole_retry_time(clock: Clock):
+    """Something listens but the call is lost (a proxy, a restart): not a typo."""
+    method = Scripted(Refusal(grpc.StatusCode.UNAVAILABLE, "Socket closed"))
+    with (
+        ApiClient(ApiTarget("127.0.0.1:1", "t"), print, retry_seconds=20) as api,
+        pytest.raises(ApiError),
+    ):
+        api.call(method, None)
+    assert client_module.FIRST_CONTACT_SECONDS < clock.now <= 20
+
+
 def image(status: int) -> image_pb2.Image:
     return image_pb2.Image(id="img1", status=status)
 

@@ -178,7 +178,12 @@ async def test_doctor_fails_every_broker_check_when_the_broker_is_unreachable():
 @pytest.mark.parametrize(
     ("fields", "words"),
     [
-        ({"published_at": None}, "not yet sent to the queue"),
+        ({"published_at": None}, "not marked as sent yet"),
+        # Taken by a worker before its mark was written (the mark skips a row a worker holds).
+        (
+            {"published_at": None, "attempts": 1, "lease_until": NOW + timedelta(seconds=10)},
+            "taken 1 time(s), held by a worker",
+        ),
         ({"attempts": 0}, "queued, not taken by a worker yet"),
         ({"attempts": 2, "lease_until": NOW + timedelta(seconds=10)}, "held by a worker"),
         ({"attempts": 2, "lease_until": NOW - timedelta(seconds=10)}, "lease expired"),

@@ -221,6 +221,30 @@ async def test_the_relay_skips_what_was_published_or_finished(
     assert publisher.published == [waiting.id]
 
 
+async def test_the_relay_says_which_operations_it_sent_and_why(
+    store: FakeStore, publisher: FakePublisher
+):
+    operations = pending(store, 25)
+    store.advance(GRACE * 2)
+    with capture_logs() as logs:
+        await relay(store, publisher)
+    [line] = [e for e in logs if e["event"] == "outbox.published"]
+    assert line["count"] == 25
+    assert line["operation_ids"] == [o.id for o in operations[:20]]  # the first twenty
+    assert "not marked as sent within OUTBOX_GRACE_SECONDS" in line["why"]
+
+
+async def test_the_relay_leaves_what_a_worker_holds_though_unmarked(
+    store: FakeStore, publisher: FakePublisher
+):
+    """A worker took the Create before its mark was written: not sent a second time."""
+    [taken, waiting] = pending(store, 2)
+    assert await store.claim_with_lease(taken.id, 60) is not None
+    store.advance(GRACE * 2)
+    assert await relay(store, publisher) == 1
+    assert publisher.published == [waiting.id]
+
+
 async def test_with_an_unhealthy_broker_the_relay_sends_nothing(
     store: FakeStore, publisher: FakePublisher
 ):

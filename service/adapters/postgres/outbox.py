@@ -26,7 +26,9 @@ WHERE operations.id = sent.operation_id
 """
 
 # A batch for one relay: committed at once, so the relay sends it outside any transaction;
-# another relay skips it while the claim runs.
+# another relay skips it while the claim runs. An operation a worker holds (a running lease)
+# was delivered, whether or not its mark was written (the mark skips a row a worker holds):
+# it is not sent again; should the worker die, its lease runs out and the sweeper requeues it.
 _CLAIM_UNPUBLISHED = """
 WITH claimed AS (
     UPDATE operations SET relay_claimed_until = now() + make_interval(secs => $3)
@@ -34,6 +36,7 @@ WITH claimed AS (
                  WHERE published_at IS NULL AND NOT done
                    AND created_at < now() - make_interval(secs => $1)
                    AND (relay_claimed_until IS NULL OR relay_claimed_until < now())
+                   AND (lease_until IS NULL OR lease_until < now())
                  ORDER BY created_at LIMIT $2
                  FOR UPDATE SKIP LOCKED)
     RETURNING id, trace_context, created_at

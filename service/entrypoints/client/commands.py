@@ -98,6 +98,7 @@ class Session:
         self.progress: ProgressLine | None = None
         endpoint = ApiTarget(options["endpoint"], token, options["ca_file"] or "", options["tls"])
         self.api = ApiClient(endpoint, self.notice, retry_seconds=options["retry_for"])
+        self.waiting_for = ""  # the operation being waited for: named if interrupted
 
     def notice(self, text: str) -> None:
         if self.progress is not None:
@@ -106,6 +107,7 @@ class Session:
             self.err.print(f"[yellow]{text}[/]", highlight=False)
 
     def wait(self, operation: operation_pb2.Operation, what: str) -> operation_pb2.Operation:
+        self.waiting_for = operation.id
         with ProgressLine(self.err, f"{what} {operation.id}") as line:
             self.progress = line
             try:
@@ -125,7 +127,14 @@ def session(options: dict[str, Any]) -> Iterator[Session]:
         click.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
-        click.echo("interrupted; an operation already started goes on", err=True)
+        if current.waiting_for:
+            click.echo(
+                f"interrupted; operation {current.waiting_for} goes on"
+                f" (python -m service operation wait {current.waiting_for})",
+                err=True,
+            )
+        else:
+            click.echo("interrupted; an operation already started goes on", err=True)
         raise SystemExit(130) from None
 
 

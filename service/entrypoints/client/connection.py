@@ -26,6 +26,16 @@ T = TypeVar("T")
 CALL_TIMEOUT_SECONDS = 30.0
 # How long UNAVAILABLE is retried by default before giving up (the API restarting, say).
 RETRY_SECONDS = 30.0
+# A call refused outright before the API ever answered this command (nothing listens at that
+# port, or the name does not resolve) is most likely a mistyped endpoint: it is given up after
+# this long, not RETRY_SECONDS.
+FIRST_CONTACT_SECONDS = 3.0
+_NOTHING_THERE = (
+    "connection refused",
+    "dns resolution failed",
+    "name or service not known",
+    "failed to resolve",
+)
 # WaitOperation's timeout: how often the progress line learns the image's status.
 WAIT_STEP_SECONDS = 1.0
 # The polling interval when the server has no WaitOperation (the official clients' habit).
@@ -82,6 +92,7 @@ class ApiClient:
         self._endpoint = endpoint
         self._notice = notice
         self._retry_seconds = retry_seconds
+        self._reached = False  # the API has answered a call (with anything but UNAVAILABLE)
         self._channel = endpoint.channel()
         self.images = image_service_pb2_grpc.ImageServiceStub(self._channel)
         self.operations = operation_service_pb2_grpc.OperationServiceStub(self._channel)
@@ -105,19 +116,32 @@ class ApiClient:
         metadata = [("authorization", f"Bearer {self._endpoint.token}")]
         if mutation:
             metadata.append(("idempotency-key", str(uuid.uuid4())))
-        give_up = time.monotonic() + self._retry_seconds
+        started = time.monotonic()
+        give_up = started + self._retry_seconds
         delay = 0.25
+        told = ""
         while True:
             try:
-                return method(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+                answer = method(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
             except grpc.RpcError as exc:
                 code, details = exc.code(), _first_line(exc.details())
-                if code is grpc.StatusCode.UNAVAILABLE and time.monotonic() + delay < give_up:
-                    self._notice(f"the API is unavailable ({details}); retrying")
-                    time.sleep(delay)
-                    delay = min(delay * 2, 4.0)
-                    continue
-                raise self._error(code, details) from None
+                if code is not grpc.StatusCode.UNAVAILABLE:
+                    self._reached = True
+                    raise self._error(code, details) from None
+                limit = give_up
+                if not self._reached and any(s in details.lower() for s in _NOTHING_THERE):
+                    limit = min(give_up, started + FIRST_CONTACT_SECONDS)
+                if time.monotonic() + delay >= limit:
+                    raise self._error(code, details) from None
+                notice = f"the API is unavailable ({details}); retrying"
+                if notice != told:  # once, not once per try
+                    self._notice(notice)
+                    told = notice
+                time.sleep(delay)
+                delay = min(delay * 2, 4.0)
+            else:
+                self._reached = True
+                return answer
 
     def _error(self, code: grpc.StatusCode, details: str) -> ApiError:
         where = self._endpoint.address
