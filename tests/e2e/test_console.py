@@ -216,3 +216,59 @@ async def test_a_viewers_cancel_is_refused_and_said_so(
     await operations.Cancel(operation_service_pb2.CancelOperationRequest(operation_id=stalled.id))
     assert image_id_of(stalled)
     await wait_done(operations, stalled.id)
+
+
+async def test_a_folder_the_token_cannot_see_shows_the_refusal_and_nothing_of_another_folder(
+    browser, api, images, operations, blobs, database_url
+):
+    base = f"http://127.0.0.1:{http_port(api)}"
+    mine, theirs = folder(), folder()
+    token = make_token(database_url, unique("console-folders"), mine)
+    image = await create_ready_image(images, operations, blobs.url("/blob/64"), mine)
+    await in_browser(lambda: sign_in(browser, base, token, mine))
+    row = f'#images tr[data-image-id="{image.id}"]'
+    await in_browser(lambda: until(browser, lambda d: cells(d, row), "the image"))
+
+    def switch() -> None:
+        box = browser.find_element(By.ID, "folder")
+        box.clear()
+        box.send_keys(theirs)
+        browser.find_element(By.ID, "show-folder").click()
+
+    await in_browser(switch)
+    refused = await in_browser(
+        lambda: until(
+            browser,
+            lambda d: "HTTP 403" in (m := d.find_element(By.ID, "message").text) and m,
+            "the refusal",
+        )
+    )
+    assert f"Permission denied for folder {theirs}" in refused
+
+    def failed_twice(driver: Any) -> Any:
+        """Two refreshes failed, the second after the first: the state is settled."""
+        text = driver.find_element(By.ID, "refreshed").text
+        seen.add(text)
+        failed = [t for t in seen if t.startswith("refresh failed")]
+        return len(failed) >= 2 and text
+
+    seen: set[str] = set()
+    refreshed = await in_browser(lambda: until(browser, failed_twice, "refreshes failing"))
+    # Nothing of the folder left is shown under the refusal, and nothing claims to be current.
+    for table in ("recent", "images", "image-operations"):
+        rows = await in_browser(lambda t=table: cells(browser, f"#{t} tbody"))
+        assert rows == [], (table, rows)
+    assert not refreshed.startswith("updated")
+    assert "showing what was read" not in refreshed  # nothing of this folder was ever read
+
+    # Back to the folder it can see: its image again, updated.
+    def back() -> None:
+        box = browser.find_element(By.ID, "folder")
+        box.clear()
+        box.send_keys(mine)
+        browser.find_element(By.ID, "show-folder").click()
+
+    await in_browser(back)
+    await in_browser(lambda: until(browser, lambda d: cells(d, row), "the image again"))
+    message = await in_browser(lambda: browser.find_element(By.ID, "message").text)
+    assert message == ""

@@ -24,7 +24,7 @@ from tests.support import ROOT, ServiceProcess, base_env, connect, create_token,
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
 
 DATABASE = "images"
-MIGRATIONS = 12  # the files in migrations/
+MIGRATIONS = len(list((ROOT / "migrations").glob("*.sql")))
 
 
 @pytest.fixture(scope="module")

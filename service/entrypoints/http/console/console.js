@@ -7,7 +7,12 @@ const REFRESH_MS = 2000;
 const TOKEN_KEY = "console.token";
 const FOLDER_KEY = "console.folder";
 
-const state = { folder: "", imageId: "", timer: null, refreshFailed: false };
+// generation: bumped by every refresh and folder change; an answer of an older one is dropped,
+// so nothing of a folder left (or of a refresh overtaken) is drawn.
+// shownAt: when what is drawn was read ("" once a folder is left).
+const state = {
+  folder: "", imageId: "", timer: null, refreshFailed: false, generation: 0, shownAt: "",
+};
 
 function $(id) { return document.getElementById(id); }
 
@@ -115,17 +120,19 @@ function fill(tableId, rows) {
   if (empty) empty.hidden = rows.length > 0;
 }
 
-async function showRecent() {
+// Each load* fetches, then gives back what draws it: nothing is drawn until every part of a
+// refresh has answered, and only if no newer refresh or folder came meanwhile.
+async function loadRecent() {
   const folder = encodeURIComponent(state.folder);
   const answer = await api("GET", `/console/api/folders/${folder}/operations?pageSize=50`);
-  fill("recent", (answer.operations || []).map(
+  return () => fill("recent", (answer.operations || []).map(
     (each) => operationRow(each.operation, each.progress, true)));
 }
 
-async function showImages() {
+async function loadImages() {
   const folder = encodeURIComponent(state.folder);
   const answer = await api("GET", `/baremetal/v1alpha/images?folderId=${folder}&pageSize=100`);
-  fill("images", (answer.images || []).map((image) => {
+  return () => fill("images", (answer.images || []).map((image) => {
     const row = document.createElement("tr");
     row.dataset.imageId = image.id;
     row.dataset.status = image.status;
@@ -144,15 +151,28 @@ async function showImages() {
   }));
 }
 
-async function showImageOperations() {
-  const section = $("image-operations-section");
-  section.hidden = !state.imageId;
-  if (!state.imageId) return;
-  $("selected-image").textContent = state.imageId;
-  const image = encodeURIComponent(state.imageId);
+async function loadImageOperations() {
+  const imageId = state.imageId;
+  if (!imageId) return () => { $("image-operations-section").hidden = true; };
+  const image = encodeURIComponent(imageId);
   const answer = await api("GET", `/baremetal/v1alpha/images/${image}/operations?pageSize=50`);
-  fill("image-operations", (answer.operations || []).map(
-    (operation) => operationRow(operation, progressOf(operation), false)));
+  return () => {
+    $("image-operations-section").hidden = false;
+    $("selected-image").textContent = imageId;
+    fill("image-operations", (answer.operations || []).map(
+      (operation) => operationRow(operation, progressOf(operation), false)));
+  };
+}
+
+// Leaving a folder: its data goes at once, before the next folder's answers (or refusal).
+function forgetShown() {
+  state.generation += 1;
+  fill("recent", []);
+  fill("images", []);
+  fill("image-operations", []);
+  $("image-operations-section").hidden = true;
+  $("refreshed").textContent = "";
+  state.shownAt = "";
 }
 
 async function cancel(operationId, button) {
@@ -169,13 +189,21 @@ async function cancel(operationId, button) {
 async function refresh() {
   clearTimeout(state.timer);
   if (!state.folder || !token()) return;
+  const generation = ++state.generation;
   try {
-    await Promise.all([showRecent(), showImages(), showImageOperations()]);
-    $("refreshed").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    const draws = await Promise.all([loadRecent(), loadImages(), loadImageOperations()]);
+    if (generation !== state.generation) return;  // overtaken: the newer one draws
+    draws.forEach((draw) => draw());
+    state.shownAt = new Date().toLocaleTimeString();
+    $("refreshed").textContent = `updated ${state.shownAt}`;
     if (state.refreshFailed) say("");  // the problem was the refresh's, and it is over
     state.refreshFailed = false;
   } catch (error) {
+    if (generation !== state.generation) return;
     say(error.message, "problem");
+    // Whatever is drawn is this folder's (a folder left is cleared), and is said to be old.
+    $("refreshed").textContent = `refresh failed ${new Date().toLocaleTimeString()}` +
+      (state.shownAt ? `; showing what was read at ${state.shownAt}` : "");
     state.refreshFailed = true;
   }
   state.timer = setTimeout(refresh, REFRESH_MS);
@@ -205,7 +233,9 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("folder-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    state.folder = $("folder").value.trim();
+    const folder = $("folder").value.trim();
+    if (folder !== state.folder) forgetShown();
+    state.folder = folder;
     state.imageId = "";
     sessionStorage.setItem(FOLDER_KEY, state.folder);
     say("");
