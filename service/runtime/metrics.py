@@ -58,13 +58,19 @@ _OPERATION_BUCKETS = (
 )  # fmt: skip
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
+# The server families (gRPC and HTTP) are registered by the first call counted, so that only
+# a process that serves calls (the API) lists them: the workers' /metrics has none of them.
 GRPC_STARTED = Counter(
-    "grpc_server_started", "Total number of RPCs started on the server.", _RPC_LABELS
+    "grpc_server_started",
+    "Total number of RPCs started on the server.",
+    _RPC_LABELS,
+    registry=None,
 )
 GRPC_HANDLED = Counter(
     "grpc_server_handled",
     "Total number of RPCs completed on the server, regardless of success or failure.",
     (*_RPC_LABELS, "grpc_code"),
+    registry=None,
 )
 GRPC_HANDLING_SECONDS = Histogram(
     "grpc_server_handling_seconds",
@@ -72,7 +78,51 @@ GRPC_HANDLING_SECONDS = Histogram(
     "handled by the server.",
     _RPC_LABELS,
     buckets=_RPC_BUCKETS,
+    registry=None,
 )
+# REST/JSON requests (and the console's), by route template: a bounded set of label values.
+HTTP_REQUESTS = Counter(
+    "http_server_requests",
+    "REST/JSON and console requests answered, by method, route template and HTTP status.",
+    ("method", "route", "code"),
+    registry=None,
+)
+HTTP_REQUEST_SECONDS = Histogram(
+    "http_server_request_duration_seconds",
+    "Histogram of REST/JSON and console request latency (seconds), by method and route.",
+    ("method", "route"),
+    buckets=_RPC_BUCKETS,
+    registry=None,
+)
+_SERVER_FAMILIES = (
+    GRPC_STARTED,
+    GRPC_HANDLED,
+    GRPC_HANDLING_SECONDS,
+    HTTP_REQUESTS,
+    HTTP_REQUEST_SECONDS,
+)
+_server_families_registered: list[bool] = []
+
+
+def register_server_metrics() -> None:
+    """List the gRPC and HTTP server families in this process's /metrics (once)."""
+    if not _server_families_registered:
+        for family in _SERVER_FAMILIES:
+            REGISTRY.register(family)
+        _server_families_registered.append(True)
+
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def http_request(method: str, route: str, status: int, seconds: float) -> None:
+    """One REST or console request answered; ``route`` is its template (or ``(unmatched)``),
+    an unknown method counted as ``other``."""
+    register_server_metrics()
+    method = method if method in HTTP_METHODS else "other"
+    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    HTTP_REQUEST_SECONDS.labels(method, route).observe(seconds)
+
 
 OPERATIONS_ACCEPTED = Counter(
     "image_service_operations_accepted",
@@ -143,6 +193,7 @@ def call_metrics(full_method: str) -> tuple[Callable[[], None], Callable[[str, f
     """The gRPC server metrics of one method (``/package.Service/Method``): ``started()`` when
     a call begins, ``handled(code, seconds)`` when it ends (``code``: a ``google.rpc.Code``
     name). The label children are looked up here, once per method, so a call only adds."""
+    register_server_metrics()
     service, method = full_method.lstrip("/").rsplit("/", 1)
     labels = ("unary", service, method)
     observe = GRPC_HANDLING_SECONDS.labels(*labels).observe

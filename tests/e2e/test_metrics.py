@@ -12,6 +12,7 @@ import collections
 import json
 import shutil
 import subprocess
+import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -28,6 +29,7 @@ from service.runtime.metrics import GO_CODE_NAMES
 from tests import support
 from tests.conftest import AMQP_URL, Processes, database_url_for, drop_database, migrate
 from tests.e2e.client import folder, rpc_error, wait_done
+from tests.e2e.rest import http_port
 from tests.faults.cluster import free_port
 from tests.support import BearerAuth, ServiceProcess, eventually
 from yandex.cloud.baremetal.v1alpha import image_service_pb2, image_service_pb2_grpc
@@ -89,6 +91,7 @@ async def stack(private_database: str, queue_names: Any, module_processes: Proce
         AMQP_URL=AMQP_URL,
         AMQP_QUEUE=queue_names(f"-metrics-{uuid.uuid4().hex[:6]}"),
         GRPC_LISTEN="127.0.0.1:0",
+        HTTP_LISTEN="127.0.0.1:0",
         METRICS_LISTEN="127.0.0.1:0",
         METRICS_REFRESH_SECONDS="0.2",
         OUTBOX_INTERVAL_SECONDS="0.2",
@@ -214,6 +217,67 @@ async def test_the_counters_match_the_calls_made_and_every_update_is_timed(stack
         )
 
     await eventually(settled, what="the worker's gauges to show nothing unfinished")
+
+
+def family_names(port: int) -> set[str]:
+    """The metric families a /metrics endpoint lists, with samples or not."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return {family.name for family in text_string_to_metric_families(response.read().decode())}
+
+
+def http_get(url: str, token: str | None = None) -> int:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+async def test_rest_and_console_requests_are_counted_by_route_and_status(stack):
+    base = f"http://127.0.0.1:{http_port(stack.api)}"
+    images = "/baremetal/v1alpha/images"
+    series = {
+        (images, "200"): f"{base}{images}?folderId={folder()}",
+        (images, "400"): f"{base}{images}?folderId=NOT%20A%20FOLDER",
+        ("/operations/{operation_id}", "404"): f"{base}/operations/opn{'0' * 17}",
+        ("(unmatched)", "404"): f"{base}/no/such/route",
+        ("/console", "200"): f"{base}/console",
+    }
+    before = scrape(stack.api_metrics)
+    for (_, code), url in series.items():
+        for _ in range(2):
+            assert await asyncio.to_thread(http_get, url, stack.token) == int(code), url
+    after = scrape(stack.api_metrics)
+    for route, code in series:
+        labels = {"method": "GET", "route": route, "code": code}
+        counted = value(after, "http_server_requests_total", **labels) - value(
+            before, "http_server_requests_total", **labels
+        )
+        assert counted == 2, (route, code)
+    timed = value(
+        after, "http_server_request_duration_seconds_count", method="GET", route=images
+    ) - value(before, "http_server_request_duration_seconds_count", method="GET", route=images)
+    assert timed == 4
+    # REST calls are not gRPC calls: the gRPC series did not move for them.
+    grpc_list = {
+        "grpc_type": "unary",
+        "grpc_service": "yandex.cloud.baremetal.v1alpha.ImageService",
+        "grpc_method": "List",
+    }
+    assert value(after, "grpc_server_started_total", **grpc_list) == value(
+        before, "grpc_server_started_total", **grpc_list
+    )
+
+
+def test_the_workers_list_no_server_families(stack):
+    """A worker serves no calls: its /metrics lists no gRPC or HTTP server family."""
+    api, worker = family_names(stack.api_metrics), family_names(stack.worker_metrics)
+    assert {"grpc_server_started", "http_server_requests"} <= api
+    assert not {n for n in worker if n.startswith(("grpc_server_", "http_server_"))}, worker
+    assert "image_service_operations_finished" in worker
 
 
 async def test_several_api_processes_are_scraped_as_one_endpoint(processes, own_stack_env):

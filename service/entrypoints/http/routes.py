@@ -52,6 +52,7 @@ class RestMethod:
 
     call: FramedCall
     encode: Callable[[Any], bytes]
+    route: str = ""  # its path template, as the metrics name it
 
 
 class OperationWaiting:
@@ -116,17 +117,25 @@ def _entries(
             behavior = getattr(servicer, binding.method.rsplit("/", 1)[1])
             method, template, endpoint = _route(calls, binding, behavior)
             encode = kept_json(endpoint.encode, json_cache_size)
-            yield method, template, RestMethod(endpoint.call, encode)
+            yield method, template, RestMethod(endpoint.call, encode, template.text)
     wait = Binding.from_rule(
         WAIT_METHOD, WAIT_RULE, operations_pb2.WaitOperationRequest, operation_pb2.Operation
     )
     yield _route(calls, wait, OperationWaiting(api.operations).Wait)
     recent = console_api.recent_call(calls, api.recent)
-    yield "GET", console_api.RECENT_TEMPLATE, RestMethod(recent, console_api.encode_recent)
+    yield (
+        "GET",
+        console_api.RECENT_TEMPLATE,
+        RestMethod(recent, console_api.encode_recent, console_api.RECENT_TEMPLATE.text),
+    )
 
 
 def _route(
     calls: CallHandling, binding: Binding, behavior: Any
 ) -> tuple[str, PathTemplate, RestMethod]:
     call = framed(calls, binding.method, behavior, binding.decode)
-    return binding.http_method, binding.template, RestMethod(call, binding.encode)
+    return (
+        binding.http_method,
+        binding.template,
+        RestMethod(call, binding.encode, binding.template.text),
+    )

@@ -13,6 +13,7 @@ HTTP status of their code (``responses.py``), ``X-Request-Id`` on every answer. 
 from __future__ import annotations
 
 import ssl
+import time
 from typing import Any
 
 import structlog
@@ -41,6 +42,7 @@ from service.entrypoints.http.responses import (
 )
 from service.entrypoints.http.routes import RestMethod, build_routes
 from service.entrypoints.http.transcoding import HttpInput
+from service.runtime.metrics import http_request
 from service.runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -48,14 +50,18 @@ log = structlog.get_logger(__name__)
 # Initial metadata the frame sends, as response headers.
 _RESPONSE_HEADERS = {"x-request-id": "X-Request-Id", "x-server-trace-id": "X-Server-Trace-Id"}
 _MAX_ECHOED_PATH = 200
+# The route label of what no API route matched, and of the console's files.
+UNMATCHED_ROUTE = "(unmatched)"
 
 
 class RestApi:
     """Routes each request to its endpoint and writes the answer."""
 
     def __init__(self, api: ApiUseCases[EncodedOperation], settings: Settings) -> None:
-        # Not metered: the gRPC server metrics count gRPC calls.
+        # Not metered by the frame: the gRPC server metrics count gRPC calls; REST requests
+        # are counted here, in http_server_requests_total (with METRICS_LISTEN set).
         calls = CallHandling(api.authenticator, api.limiter)
+        self._metered = bool(settings.metrics_listen)
         self._routes = build_routes(api, calls, settings.operation_cache_size)
         self._console = ConsoleFiles()
         self._max_body = settings.grpc_max_message_bytes
@@ -63,27 +69,43 @@ class RestApi:
         self._in_flight = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not self._metered:
+            response, _ = await self._handle(request)
+            return response
+        started = time.perf_counter()
+        route, status = UNMATCHED_ROUTE, 500
+        try:
+            response, route = await self._handle(request)
+            status = response.status
+            return response
+        finally:
+            http_request(request.method, route, status, time.perf_counter() - started)
+
+    async def _handle(self, request: web.Request) -> tuple[web.StreamResponse, str]:
+        """The answer, and the route template it was answered by."""
         path = request.rel_url.raw_path
         if _is_console_page(path):
-            return self._console_page(request, path)
+            return self._console_page(request, path), CONSOLE_PATH
         found = self._routes.find(request.method, path)
         if not isinstance(found, Match):
             if found:
                 allowed = ", ".join(sorted(found))
-                return _refused(
+                refused = _refused(
                     Code.UNIMPLEMENTED,
                     f"Method {request.method} not allowed",
                     status=405,
                     headers={"Allow": allowed},
                 )
+                return refused, UNMATCHED_ROUTE
             return _refused(
                 Code.NOT_FOUND, f"No route for {request.method} {path[:_MAX_ECHOED_PATH]}"
-            )
+            ), UNMATCHED_ROUTE
+        route = found.target.route
         if self._in_flight >= self._max_in_flight:
-            return _refused(Code.RESOURCE_EXHAUSTED, "Too many concurrent requests")
+            return _refused(Code.RESOURCE_EXHAUSTED, "Too many concurrent requests"), route
         self._in_flight += 1
         try:
-            return await self._call(request, found)
+            return await self._call(request, found), route
         finally:
             self._in_flight -= 1
 
