@@ -70,7 +70,7 @@ def start_metrics_server(listen: str, *, multiprocess_dir: str | None = None) ->
     try:
         server, thread = start_http_server(port, host, registry)
     except OSError as exc:
-        reason = f"cannot serve metrics on METRICS_LISTEN={listen}: {exc.strerror}"
+        reason = f"error: cannot serve metrics on METRICS_LISTEN={listen}: {exc.strerror}"
         raise SystemExit(reason) from exc
     log.info("metrics.started", listen=listen, port=server.server_port)
     return MetricsServer(server, thread)

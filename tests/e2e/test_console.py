@@ -10,6 +10,7 @@ page is saved in the test's tmp dir (its path is printed) for a person to look a
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -228,6 +229,22 @@ async def test_a_folder_the_token_cannot_see_shows_the_refusal_and_nothing_of_an
     await in_browser(lambda: sign_in(browser, base, token, mine))
     row = f'#images tr[data-image-id="{image.id}"]'
     await in_browser(lambda: until(browser, lambda d: cells(d, row), "the image"))
+    # The page names its icon (no request for a missing /favicon.ico), and a Create that took
+    # under a second shows its milliseconds, not "0.0 s".
+    icon = "return document.querySelector('link[rel=icon]') !== null"
+    assert await in_browser(lambda: browser.execute_script(icon))
+
+    def create_row(driver: Any) -> list[str] | None:
+        for row in driver.find_elements(By.CSS_SELECTOR, "#recent tbody tr"):
+            texts = [td.text for td in row.find_elements(By.CSS_SELECTOR, "td")]
+            if texts[1] == image.id:
+                return texts
+        return None
+
+    shown = await in_browser(lambda: until(browser, create_row, "the Create"))
+    took = shown[6]  # id, image, kind, progress, by, when, duration
+    assert re.fullmatch(r"\d+ ms|\d+\.\d s", took), shown
+    assert took != "0.0 s"
 
     def switch() -> None:
         box = browser.find_element(By.ID, "folder")

@@ -235,6 +235,17 @@ async def test_unknown_paths_and_methods_are_answered_in_json(rest):
     answer = await rest.call("DELETE", "/console")
     assert answer.status == 405
     assert (await rest.get("/console/nothing.js")).status == 404
+    answer = await rest.call("POST", "/")
+    assert (answer.status, answer.error()["code"]) == (404, 5)
+
+
+async def test_the_root_leads_a_browser_to_the_console(rest):
+    async with rest.session.get(rest.base + "/", allow_redirects=False) as answer:
+        assert answer.status == 302
+        assert answer.headers["Location"] == "/console"
+    async with rest.session.get(rest.base + "/") as followed:  # as a browser follows it
+        assert followed.status == 200
+        assert "Operations console" in await followed.text()
 
 
 def test_a_taken_http_port_ends_the_api_with_one_line(own_stack_env):

@@ -180,7 +180,7 @@ def test_a_metrics_port_in_use_ends_the_process_with_the_reason():
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(
-            SystemExit, match=f"cannot serve metrics on METRICS_LISTEN=127.0.0.1:{port}"
+            SystemExit, match=f"^error: cannot serve metrics on METRICS_LISTEN=127.0.0.1:{port}"
         ):
             start_metrics_server(f"127.0.0.1:{port}")
 

@@ -78,7 +78,16 @@ def print_rows(
         table.add_column(column.upper().replace("_", " "), overflow="fold")
     for row in rows:
         table.add_row(*(cell(row.get(column)) for column in columns))
-    stdout().print(table)
+    print_table(table)
+
+
+def print_table(table: Table) -> None:
+    """A table on stdout, each line without the spaces that pad its last column."""
+    console = stdout()
+    with console.capture() as captured:
+        console.print(table)
+    for line in captured.get().splitlines():
+        print(line.rstrip())
 
 
 def print_record(record: Mapping[str, Any], output_format: str) -> None:
@@ -91,7 +100,7 @@ def print_record(record: Mapping[str, Any], output_format: str) -> None:
     table.add_column(overflow="fold")
     for key, value in record.items():
         table.add_row(key.replace("_", " "), cell(value))
-    stdout().print(table)
+    print_table(table)
 
 
 def print_data(data: Any, output_format: str) -> None:

@@ -84,6 +84,9 @@ class RestApi:
     async def _handle(self, request: web.Request) -> tuple[web.StreamResponse, str]:
         """The answer, and the route template it was answered by."""
         path = request.rel_url.raw_path
+        if path == "/" and request.method in ("GET", "HEAD"):
+            # A browser pointed at the port: the console is what there is to see.
+            return web.HTTPFound(CONSOLE_PATH), CONSOLE_PATH
         if _is_console_page(path):
             return self._console_page(request, path), CONSOLE_PATH
         found = self._routes.find(request.method, path)

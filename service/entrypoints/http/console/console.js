@@ -75,8 +75,10 @@ function duration(operation) {
   const ended = operation.done ? Date.parse(operation.modifiedAt) : Date.now();
   if (Number.isNaN(started) || Number.isNaN(ended)) return "";
   const seconds = Math.max(0, (ended - started) / 1000);
-  const text = seconds < 60 ? `${seconds.toFixed(1)} s`
-    : `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+  // An Update takes milliseconds: "0.0 s" would say nothing.
+  const text = seconds < 1 ? `${Math.round(seconds * 1000)} ms`
+    : seconds < 60 ? `${seconds.toFixed(1)} s`
+      : `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
   return operation.done ? text : `${text} so far`;
 }
 
