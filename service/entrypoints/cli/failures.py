@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Iterator
 from typing import NoReturn
 
+import click
 from pydantic import ValidationError
 
 from service.domain.setup import BadSettings, SetupError
@@ -62,3 +63,22 @@ def explained() -> Iterator[None]:
         if _debugging():
             traceback.print_exc()
         fail(str(exc))
+
+
+def run_cli(command: click.Command, prog_name: str, args: list[str] | None = None) -> NoReturn:
+    """Run a command line (``args``: ``sys.argv[1:]`` by default); a usage error is one line on
+    stderr, naming the ``--help`` to read (click's own is four: usage, hint, a blank line, the
+    error), and exit 2."""
+    try:
+        code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
+    except click.UsageError as exc:
+        where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        print(f"error: {exc.format_message().rstrip('.')}{where}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+    except click.exceptions.Abort:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

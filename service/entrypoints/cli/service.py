@@ -17,7 +17,7 @@ import structlog
 
 from service.domain.setup import Unreachable
 from service.entrypoints.cli.accounts import sa
-from service.entrypoints.cli.failures import explained, fail, load_settings
+from service.entrypoints.cli.failures import explained, fail, load_settings, run_cli
 from service.entrypoints.cli.health import health
 from service.entrypoints.cli.helptext import API_SETTINGS, SettingsGroup
 from service.entrypoints.cli.listen import ensure_can_listen
@@ -130,4 +130,4 @@ cli.add_command(operation)
 
 def main() -> None:
     """``python -m service``."""
-    cli(prog_name="python -m service")
+    run_cli(cli, "python -m service")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from service.entrypoints.cli.failures import explained, load_settings
+from service.entrypoints.cli.failures import explained, load_settings, run_cli
 from service.entrypoints.cli.helptext import WORKER_SETTINGS, SettingsCommand
 from service.entrypoints.worker import main as run_workers
 
@@ -33,4 +33,4 @@ def workers() -> None:
 
 def main() -> None:
     """``python -m workers``."""
-    workers(prog_name="python -m workers")
+    run_cli(workers, "python -m workers")
