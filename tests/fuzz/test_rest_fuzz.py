@@ -191,6 +191,9 @@ def check_answer(status: int, headers: Any, text: str, where: str) -> None:
     assert status < 500 or status == 503, f"{status}: {text[:500]}" + where
     assert not any(marker in text for marker in TRACEBACK_MARKERS), text[:1000] + where
     content_type = headers.get("Content-Type", "")
+    if status == 302:
+        assert headers.get("Location") == "/console", where  # GET / leads to the console
+        return
     if content_type.startswith(PAGE_TYPES):
         assert status == 200, where  # the console's own files
         return

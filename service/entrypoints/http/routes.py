@@ -12,7 +12,7 @@ call frame, as over gRPC.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,30 +98,55 @@ def kept_json(encode: Callable[[Any], bytes], capacity: int) -> Callable[[Any], 
     return encode_kept
 
 
+# The services served over REST, each by its google.api.http rules.
+REST_SERVICES: tuple[ServiceDescriptor, ...] = (
+    image_service_pb2.DESCRIPTOR.services_by_name["ImageService"],
+    operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"],
+    iam_token_service_pb2.DESCRIPTOR.services_by_name["IamTokenService"],
+)
+
+
+def wait_binding() -> Binding:
+    return Binding.from_rule(
+        WAIT_METHOD, WAIT_RULE, operations_pb2.WaitOperationRequest, operation_pb2.Operation
+    )
+
+
+# Methods the public protos bind but this server does not implement (gRPC answers them
+# UNIMPLEMENTED): no route, and not in the OpenAPI document.
+NOT_SERVED = frozenset(
+    {
+        "/yandex.cloud.iam.v1.IamTokenService/CreateForServiceAccount",
+        "/yandex.cloud.iam.v1.IamTokenService/Revoke",
+    }
+)
+
+
+def public_bindings(services: Iterable[ServiceDescriptor] = REST_SERVICES) -> list[Binding]:
+    """Every binding of the public REST API (the console's read aside): what the routes serve
+    and the OpenAPI document describes."""
+    served = [b for s in services for b in bindings(s) if b.method not in NOT_SERVED]
+    return [*served, wait_binding()]
+
+
 def _entries(
     api: ApiUseCases[EncodedOperation], calls: CallHandling, json_cache_size: int
 ) -> Iterator[tuple[str, PathTemplate, RestMethod]]:
-    services: list[tuple[ServiceDescriptor, object]] = [
-        (image_service_pb2.DESCRIPTOR.services_by_name["ImageService"], ImageService(api.images)),
-        (
-            operation_service_pb2.DESCRIPTOR.services_by_name["OperationService"],
-            OperationService(api.operations),
-        ),
-        (
-            iam_token_service_pb2.DESCRIPTOR.services_by_name["IamTokenService"],
-            IamTokenService(api.exchange),
-        ),
-    ]
-    for service, servicer in services:
-        for binding in bindings(service):
-            behavior = getattr(servicer, binding.method.rsplit("/", 1)[1])
-            method, template, endpoint = _route(calls, binding, behavior)
-            encode = kept_json(endpoint.encode, json_cache_size)
-            yield method, template, RestMethod(endpoint.call, encode, template.text)
-    wait = Binding.from_rule(
-        WAIT_METHOD, WAIT_RULE, operations_pb2.WaitOperationRequest, operation_pb2.Operation
-    )
-    yield _route(calls, wait, OperationWaiting(api.operations).Wait)
+    servicers: dict[str, object] = {
+        "yandex.cloud.baremetal.v1alpha.ImageService": ImageService(api.images),
+        "yandex.cloud.operation.OperationService": OperationService(api.operations),
+        "yandex.cloud.iam.v1.IamTokenService": IamTokenService(api.exchange),
+        "google.longrunning.Operations": OperationWaiting(api.operations),
+    }
+    for binding in public_bindings():
+        service, name = binding.method.lstrip("/").rsplit("/", 1)
+        behavior = getattr(servicers[service], "Wait" if binding.method == WAIT_METHOD else name)
+        method, template, endpoint = _route(calls, binding, behavior)
+        if binding.method != WAIT_METHOD:
+            endpoint = RestMethod(
+                endpoint.call, kept_json(endpoint.encode, json_cache_size), template.text
+            )
+        yield method, template, endpoint
     recent = console_api.recent_call(calls, api.recent)
     yield (
         "GET",

@@ -12,6 +12,7 @@ HTTP status of their code (``responses.py``), ``X-Request-Id`` on every answer. 
 
 from __future__ import annotations
 
+import importlib.metadata
 import ssl
 import time
 from typing import Any
@@ -22,7 +23,7 @@ from google.rpc import status_pb2
 
 from service.bootstrap import ApiUseCases
 from service.domain.errors import Code
-from service.entrypoints.grpc.calls import CallHandling
+from service.entrypoints.grpc.calls import PUBLIC_METHODS, CallHandling
 from service.entrypoints.grpc.convert import EncodedOperation
 from service.entrypoints.http.console_api import (
     API_PREFIX,
@@ -31,6 +32,7 @@ from service.entrypoints.http.console_api import (
     ConsoleFiles,
 )
 from service.entrypoints.http.frame import CallAborted, HttpCallContext, metadata_of
+from service.entrypoints.http.openapi import OPENAPI_PATH, openapi_document
 from service.entrypoints.http.paths import Match
 from service.entrypoints.http.responses import (
     API_HEADERS,
@@ -40,12 +42,17 @@ from service.entrypoints.http.responses import (
     refusal,
     retry_after,
 )
-from service.entrypoints.http.routes import RestMethod, build_routes
-from service.entrypoints.http.transcoding import HttpInput
+from service.entrypoints.http.routes import RestMethod, build_routes, public_bindings
+from service.entrypoints.http.transcoding import HttpInput, dump_json
 from service.runtime.metrics import http_request
 from service.runtime.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+try:
+    VERSION = importlib.metadata.version("baremetal-image-service")
+except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+    VERSION = "0"
 
 # Initial metadata the frame sends, as response headers.
 _RESPONSE_HEADERS = {"x-request-id": "X-Request-Id", "x-server-trace-id": "X-Server-Trace-Id"}
@@ -63,6 +70,11 @@ class RestApi:
         calls = CallHandling(api.authenticator, api.limiter)
         self._metered = bool(settings.metrics_listen)
         self._routes = build_routes(api, calls, settings.operation_cache_size)
+        self._openapi = dump_json(
+            openapi_document(
+                public_bindings(), PUBLIC_METHODS, title="BareMetal image service", version=VERSION
+            )
+        )
         self._console = ConsoleFiles()
         self._max_body = settings.grpc_max_message_bytes
         self._max_in_flight = settings.http_max_concurrent_requests
@@ -87,6 +99,10 @@ class RestApi:
         if path == "/" and request.method in ("GET", "HEAD"):
             # A browser pointed at the port: the console is what there is to see.
             return web.HTTPFound(CONSOLE_PATH), CONSOLE_PATH
+        if path == OPENAPI_PATH and request.method in ("GET", "HEAD"):
+            return web.Response(
+                body=self._openapi, content_type=JSON_TYPE, charset="utf-8"
+            ), OPENAPI_PATH
         if _is_console_page(path):
             return self._console_page(request, path), CONSOLE_PATH
         found = self._routes.find(request.method, path)
