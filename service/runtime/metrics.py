@@ -236,7 +236,8 @@ def retried(name: str, cause: str) -> None:
 
 
 class OperationCounts(Collector):
-    """Unfinished operations and the outbox backlog, as last counted in the database.
+    """Unfinished operations and the outbox backlog, as last counted in the database, and the
+    operation queue's depth as the sweeper last asked the broker.
 
     A collector rather than two gauges: only the workers count (``register`` is called
     there), and a gauge defined here would also show up, as zero, from every API process.
@@ -244,11 +245,28 @@ class OperationCounts(Collector):
 
     def __init__(self) -> None:
         self._counts: tuple[int, int] | None = None
+        self._queue: tuple[int, int] | None = None
 
     def update(self, unfinished: int, unpublished: int) -> None:
         self._counts = (unfinished, unpublished)
 
+    def update_queue(self, ready: int, consumers: int) -> None:
+        self._queue = (ready, consumers)
+
     def collect(self) -> Iterable[Metric]:
+        if self._queue is not None:
+            ready, consumers = self._queue
+            yield GaugeMetricFamily(
+                "image_service_queue_messages_ready",
+                "Messages waiting in the operation queue for a consumer, as the sweeper last "
+                "asked the broker (every SWEEP_INTERVAL_SECONDS).",
+                value=ready,
+            )
+            yield GaugeMetricFamily(
+                "image_service_queue_consumers",
+                "Consumers subscribed to the operation queue, as the sweeper last asked.",
+                value=consumers,
+            )
         if self._counts is None:
             return
         unfinished, unpublished = self._counts

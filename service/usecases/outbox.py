@@ -21,7 +21,7 @@ import structlog
 
 from service.domain.errors import ServiceError
 from service.domain.ids import new_id
-from service.runtime import tracing
+from service.runtime import metrics, tracing
 from service.runtime.batching import MicroBatcher
 from service.usecases.ports import MessageQueue, Outbox, OutgoingMessage, Publisher, Unpublished
 
@@ -233,6 +233,7 @@ async def requeue_abandoned(
     except ServiceError as exc:
         log.warning("sweeper.queue_unknown", error=exc.message)
     else:
+        metrics.OPERATION_COUNTS.update_queue(depth.ready, depth.consumers)
         may_wait = depth.ready + depth.consumers * prefetch if depth.ready else 0
         requeued += await outbox.requeue_unclaimed(republish_after_seconds, may_wait)
     if requeued:
