@@ -94,6 +94,7 @@ async def stack(private_database: str, queue_names: Any, module_processes: Proce
         HTTP_LISTEN="127.0.0.1:0",
         METRICS_LISTEN="127.0.0.1:0",
         METRICS_REFRESH_SECONDS="0.2",
+        SWEEP_INTERVAL_SECONDS="0.5",  # the queue gauges are the sweeper's reading
         OUTBOX_INTERVAL_SECONDS="0.2",
         OUTBOX_GRACE_SECONDS="0.5",
         DOWNLOAD_ALLOWED_NETWORKS="127.0.0.0/8",
@@ -411,6 +412,67 @@ async def test_prometheus_scrapes_the_api_and_the_worker_and_answers_the_update_
 
     # The API's count of Updates and the worker's Update -> done count, as Prometheus has them.
     await eventually(all_updates_scraped, timeout=60, what="Prometheus to have every Update")
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query of the Grafana dashboard, with Grafana's
+    ``$__rate_interval`` as the one minute Prometheus has here."""
+    dashboard = json.loads(
+        (support.ROOT / "deploy" / "grafana" / "dashboards" / "image-service.json").read_text()
+    )
+    return [
+        (panel["title"], target["expr"].replace("$__rate_interval", "1m"))
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+    ]
+
+
+def answered(result: list[dict[str, Any]]) -> bool:
+    """A query's answer holds a number (histogram_quantile of no traffic is NaN)."""
+    return any(r["value"][1] not in ("NaN", "+Inf", "-Inf") for r in result)
+
+
+async def test_every_query_of_the_dashboard_returns_data_after_traffic(stack, prometheus, blobs):
+    queries = dashboard_queries()
+    assert len(queries) >= 15
+    exprs = " ".join(q for _, q in queries)
+    for family in (
+        "image_service_operations_accepted_total",
+        "image_service_operations_finished_total",
+        'image_service_operation_duration_seconds_bucket{kind="update_image"}',
+        "image_service_operations_unfinished",
+        "image_service_outbox_backlog",
+        "image_service_queue_messages_ready",
+        "image_service_dead_lettered_messages_total",
+        'grpc_server_handled_total{grpc_code!="OK"}',
+        "http_server_requests_total",
+        "image_service_db_pool_connections_in_use",
+    ):
+        assert family in exprs, family  # what the issue asks an operator to watch
+
+    async def both_targets_up() -> bool:
+        try:
+            return len(await asyncio.to_thread(query, prometheus, "up == 1")) == 2
+        except OSError:
+            return False
+
+    await eventually(both_targets_up, timeout=60, what="Prometheus to scrape both targets")
+    await traffic(stack, blobs)
+    base = f"http://127.0.0.1:{http_port(stack.api)}"
+    url = f"{base}/baremetal/v1alpha/images?folderId={folder()}"
+    assert await asyncio.to_thread(http_get, url, stack.token) == 200
+
+    async def all_answered() -> bool:
+        results = [await asyncio.to_thread(query, prometheus, q) for _, q in queries]
+        return all(answered(r) for r in results)
+
+    try:
+        await eventually(
+            all_answered, timeout=60, interval=0.5, what="every dashboard query to return data"
+        )
+    except AssertionError:
+        empty = [t for t, q in queries if not answered(query(prometheus, q))]
+        raise AssertionError(f"panels without data: {empty}") from None
 
 
 def test_the_compose_prometheus_config_is_valid_and_scrapes_the_metrics_port():

@@ -5,6 +5,7 @@ Checked statically (no Docker engine here); ``docker-compose config`` when it is
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -132,3 +133,25 @@ def test_urls_and_credentials_are_overridable():
         assert environment[name].startswith(f"${{{name}:-"), name
     rabbitmq = compose()["services"]["rabbitmq"]["environment"]
     assert rabbitmq["RABBITMQ_DEFAULT_PASS"].startswith("${RABBITMQ_PASSWORD:-")
+
+
+def test_the_metrics_profile_provisions_grafana_with_the_dashboard_on_its_prometheus():
+    grafana = compose()["services"]["grafana"]
+    assert grafana["profiles"] == ["metrics"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
+    assert mounts["./deploy/grafana/dashboards"] == "/var/lib/grafana/dashboards"
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert source["url"] == "http://prometheus:9090"
+    assert "prometheus" in compose()["services"]
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "image-service.yml").read_text())[
+        "providers"
+    ]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/image-service.json").read_text())
+    used = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert used == {source["uid"]}
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
