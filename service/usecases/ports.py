@@ -111,6 +111,7 @@ class RecentOperation:
 
     operation: Operation
     attempts: int
+    image_name: str = ""  # the image's name now; "" once the image is gone
 
 
 class OperationTransaction(Protocol):

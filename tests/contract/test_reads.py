@@ -155,6 +155,20 @@ async def test_a_folders_recent_operations_come_newest_first_with_their_claims(
     recent = await port.reads.recent_operations(FOLDER, 10)
 
     assert [(r.operation.id, r.attempts) for r in recent] == [(newer.id, 0), (older.id, 1)]
+    assert [r.image_name for r in recent] == [second.name, first.name]
+
+
+async def test_a_recent_operation_of_an_image_gone_has_no_image_name(port: Implementation) -> None:
+    image = await port.add_image(FOLDER)
+    accepted = (await port.accepts.begin_delete(delete_of(image.id))).operation
+    async with port.finishes.transaction() as tx:
+        await tx.delete_image(image.id)
+        await tx.finish_deleted(accepted.id)
+
+    [recent] = await port.reads.recent_operations(FOLDER, 10)
+
+    assert recent.operation.id == accepted.id
+    assert recent.image_name == ""
 
 
 async def test_a_folders_recent_operations_stop_at_the_limit(port: Implementation) -> None:

@@ -34,7 +34,8 @@ from selenium.common.exceptions import (  # noqa: E402
 from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 T = TypeVar("T")
 WAIT_SECONDS = 30
@@ -95,6 +96,24 @@ def progress_of(driver: Any, table: str, operation_id: str) -> str | None:
     return rows[0].get_attribute("data-progress") if rows else None
 
 
+def answer_confirmation(driver: Any, accept: bool) -> str:
+    """The page's confirmation dialog: its question, then OK or Cancel."""
+    dialog = WebDriverWait(driver, WAIT_SECONDS).until(
+        expected_conditions.alert_is_present(), message="the console asked nothing"
+    )
+    question = str(dialog.text)
+    if accept:
+        dialog.accept()
+    else:
+        dialog.dismiss()
+    return question
+
+
+def image_cell(image: Any) -> str:
+    """An operation's Image cell: the image's name, its ID below."""
+    return f"{image.name}\n{image.id}"
+
+
 def sign_in(driver: Any, base: str, token: str, folder_id: str) -> None:
     driver.get(f"{base}/console")
     driver.execute_script("sessionStorage.clear()")
@@ -121,13 +140,15 @@ async def test_the_console_shows_images_and_live_operations_and_cancels(
     row = f'#images tr[data-image-id="{image.id}"]'
     shown = await in_browser(lambda: until(browser, lambda d: cells(d, row), "the image"))
     assert shown[:4] == [image.name, image.id, "READY", image.checksum]
-    # The token is in this tab's session storage only: no cookie, no local storage.
+    # The token is in this tab's session storage only: no cookie, nothing in local storage.
     stored = await in_browser(
         lambda: browser.execute_script(
-            "return [sessionStorage.getItem('console.token'), localStorage.length, document.cookie]"
+            "return [sessionStorage.getItem('console.token'),"
+            " Object.values(localStorage).some(v => v.includes(arguments[0])), document.cookie]",
+            token,
         )
     )
-    assert stored == [token, 0, ""]
+    assert stored == [token, False, ""]
     await in_browser(lambda: browser.execute_script("window.sameDocument = 'yes'"))
 
     # An Update held (the image row locked against the worker) shows unfinished, then done.
@@ -162,14 +183,24 @@ async def test_the_console_shows_images_and_live_operations_and_cancels(
         )
     )
 
-    # Cancel a Create whose source stalls.
+    # Cancel a Create whose source stalls: the page asks first; "no" sends nothing.
+    name = unique("stalled")
     stalled = await images.Create(
         image_service_pb2.CreateImageRequest(
-            folder_id=folder_id, name=unique("stalled"), uri=blobs.url("/slow/1048576")
+            folder_id=folder_id, name=name, uri=blobs.url("/slow/1048576")
         )
     )
     button = f'#recent button.cancel[data-operation-id="{stalled.id}"]'
     await in_browser(lambda: click(browser, button, "the Cancel button"))
+    question = await in_browser(lambda: answer_confirmation(browser, accept=False))
+    assert question.startswith(
+        f"Cancel operation {stalled.id} (create of {name} ({image_id_of(stalled)}))?"
+    )
+    kept = await operations.Get(operation_service_pb2.GetOperationRequest(operation_id=stalled.id))
+    assert not kept.done
+    assert await in_browser(lambda: progress_of(browser, "recent", stalled.id)) != "cancelled"
+    await in_browser(lambda: click(browser, button, "the Cancel button"))
+    await in_browser(lambda: answer_confirmation(browser, accept=True))
     await in_browser(
         lambda: until(
             browser,
@@ -203,6 +234,7 @@ async def test_a_viewers_cancel_is_refused_and_said_so(
     await in_browser(lambda: sign_in(browser, base, viewer, folder_id))
     button = f'#recent button.cancel[data-operation-id="{stalled.id}"]'
     await in_browser(lambda: click(browser, button, "the Cancel button"))
+    await in_browser(lambda: answer_confirmation(browser, accept=True))
     message = await in_browser(
         lambda: until(
             browser,
@@ -237,7 +269,7 @@ async def test_a_folder_the_token_cannot_see_shows_the_refusal_and_nothing_of_an
     def create_row(driver: Any) -> list[str] | None:
         for row in driver.find_elements(By.CSS_SELECTOR, "#recent tbody tr"):
             texts = [td.text for td in row.find_elements(By.CSS_SELECTOR, "td")]
-            if texts[1] == image.id:
+            if texts[1] == image_cell(image):
                 return texts
         return None
 
@@ -289,3 +321,161 @@ async def test_a_folder_the_token_cannot_see_shows_the_refusal_and_nothing_of_an
     await in_browser(lambda: until(browser, lambda d: cells(d, row), "the image again"))
     message = await in_browser(lambda: browser.find_element(By.ID, "message").text)
     assert message == ""
+
+
+def find(driver: Any, text: str) -> None:
+    box = driver.find_element(By.ID, "find")
+    box.clear()
+    box.send_keys(text)
+    driver.find_element(By.ID, "find-id").click()
+
+
+def message_of(driver: Any) -> str:
+    return str(driver.find_element(By.ID, "message").text)
+
+
+def row_cells(driver: Any, table: str, operation_id: str) -> list[str] | None:
+    rows = driver.find_elements(By.CSS_SELECTOR, f'#{table} tr[data-operation-id="{operation_id}"]')
+    return [td.text for td in rows[0].find_elements(By.CSS_SELECTOR, "td")] if rows else None
+
+
+async def test_find_by_id_names_images_follows_their_operations_and_shows_the_time_zone(
+    browser, api, images, operations, blobs, database_url
+):
+    base = f"http://127.0.0.1:{http_port(api)}"
+    mine, other = folder(), folder()
+    token = make_token(database_url, unique("console-find"), mine, other)
+    image = await create_ready_image(images, operations, blobs.url("/blob/64"), mine)
+    await in_browser(lambda: browser.execute_script("localStorage.clear()"))
+    await in_browser(lambda: sign_in(browser, base, token, other))
+    await in_browser(
+        lambda: until(
+            browser,
+            lambda d: d.find_element(By.ID, "refreshed").text.startswith("updated"),
+            "the other folder",
+        )
+    )
+
+    # An image's ID: its folder, and its operations, named.
+    await in_browser(lambda: find(browser, image.id))
+    await in_browser(
+        lambda: until(
+            browser,
+            lambda d: d.find_element(By.ID, "selected-image").text == f"{image.name} ({image.id})",
+            "the image's operations",
+        )
+    )
+    assert (
+        await in_browser(lambda: browser.find_element(By.ID, "folder").get_attribute("value"))
+        == mine
+    )
+    assert await in_browser(lambda: message_of(browser)) == (
+        f"Image {image.name} ({image.id}) in folder {mine}"
+    )
+    # The view follows the image's new operations with no further click.
+    updated = await images.Update(
+        image_service_pb2.UpdateImageRequest(image_id=image.id, description="live")
+    )
+    await in_browser(
+        lambda: until(
+            browser,
+            lambda d: progress_of(d, "image-operations", updated.id) == "done",
+            "the new Update in the image's operations",
+        )
+    )
+    # The recent operations name the image, its ID below.
+    shown = await in_browser(
+        lambda: until(browser, lambda d: row_cells(d, "recent", updated.id), "the Update")
+    )
+    assert shown[1] == image_cell(image)
+
+    # An operation's ID, from another folder: the operation, live, and its image's folder.
+    def show_other() -> None:
+        box = browser.find_element(By.ID, "folder")
+        box.clear()
+        box.send_keys(other)
+        browser.find_element(By.ID, "show-folder").click()
+
+    await in_browser(show_other)
+    await in_browser(lambda: find(browser, updated.id))
+    found = await in_browser(
+        lambda: until(browser, lambda d: row_cells(d, "found", updated.id), "the operation found")
+    )
+    assert found[:4] == [updated.id, image_cell(image), "update", "done"]
+    assert await in_browser(lambda: message_of(browser)) == (
+        f"Operation {updated.id}: update of {image.name} ({image.id}) in folder {mine}"
+    )
+    assert (
+        await in_browser(lambda: browser.find_element(By.ID, "folder").get_attribute("value"))
+        == mine
+    )
+    highlighted = await in_browser(
+        lambda: until(
+            browser,
+            lambda d: d.find_elements(
+                By.CSS_SELECTOR, f'#recent tr.found[data-operation-id="{updated.id}"]'
+            ),
+            "the operation marked in the recent list",
+        )
+    )
+    assert len(highlighted) == 1
+
+    # What is not there, and what is not an ID, are said so; nothing shown changes.
+    missing = "opn" + "0" * 17
+    await in_browser(lambda: find(browser, missing))
+    said = await in_browser(
+        lambda: until(browser, lambda d: missing in (m := message_of(d)) and m, "the miss")
+    )
+    assert said.startswith(f"Nothing found for {missing}: ")
+    assert "HTTP 404" in said
+    await in_browser(lambda: find(browser, "not an id"))
+    said = await in_browser(
+        lambda: until(browser, lambda d: "not an id" in (m := message_of(d)) and m, "the refusal")
+    )
+    assert said.startswith("Nothing found for not an id: ")
+    assert "HTTP 400" in said
+    assert await in_browser(lambda: row_cells(browser, "found", updated.id))
+
+    # Times in UTC on request, remembered across a reload; local again on request.
+    started = updated.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")
+    await in_browser(
+        lambda: Select(browser.find_element(By.ID, "time-zone")).select_by_value("utc")
+    )
+    await in_browser(
+        lambda: until(
+            browser,
+            lambda d: (row_cells(d, "found", updated.id) or [""] * 6)[5] == started,
+            "the start time in UTC",
+        )
+    )
+    await in_browser(browser.refresh)
+    await in_browser(
+        lambda: until(
+            browser,
+            lambda d: (row_cells(d, "recent", updated.id) or [""] * 6)[5] == started,
+            "UTC after a reload",
+        )
+    )
+    assert (
+        await in_browser(lambda: browser.find_element(By.ID, "time-zone").get_attribute("value"))
+        == "utc"
+    )
+    refreshed = await in_browser(lambda: browser.find_element(By.ID, "refreshed").text)
+    assert re.fullmatch(r"updated \d\d:\d\d:\d\d UTC", refreshed), refreshed
+    await in_browser(
+        lambda: Select(browser.find_element(By.ID, "time-zone")).select_by_value("local")
+    )
+    await in_browser(
+        lambda: until(
+            browser,
+            lambda d: not (row_cells(d, "recent", updated.id) or ["UTC"] * 6)[5].endswith("UTC"),
+            "local time again",
+        )
+    )
+    assert (
+        await in_browser(
+            lambda: browser.execute_script("return localStorage.getItem('console.timeZone')")
+        )
+        == "local"
+    )
+    await in_browser(lambda: browser.execute_script("localStorage.clear()"))

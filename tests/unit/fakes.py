@@ -536,7 +536,14 @@ class FakeStore:
         self.calls["recent_operations"] += 1
         rows = [r for r in self.state.operations.values() if r.operation.folder_id == folder_id]
         rows.sort(key=lambda r: (r.operation.created_at, r.operation.id), reverse=True)
-        return [RecentOperation(row.operation, row.attempts) for row in rows[:limit]]
+        return [
+            RecentOperation(row.operation, row.attempts, self._image_name(row.operation.image_id))
+            for row in rows[:limit]
+        ]
+
+    def _image_name(self, image_id: str) -> str:
+        image = self.state.images.get(image_id)
+        return image.name if image else ""
 
     # --- Finishes ----------------------------------------------------------------------------
 

@@ -106,16 +106,22 @@ class PostgresReads:
         return [found.get(operation_id) for operation_id in operation_ids]
 
     async def recent_operations(self, folder_id: str, limit: int) -> list[RecentOperation]:
-        """A folder's latest operations, newest first, with their claim counts.
+        """A folder's latest operations, newest first, with their claim counts and their
+        images' names.
 
         For the operations console of a small deployment: no index serves this order within
         a folder, so it reads the folder's operations (retention bounds them).
         """
         async with self._db.connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {OPERATION_COLUMNS}, attempts FROM operations WHERE folder_id = $1"
-                " ORDER BY created_at DESC, id DESC LIMIT $2",
+                "SELECT o.*, (SELECT name FROM images WHERE id = o.image_id) AS image_name"
+                f" FROM (SELECT {OPERATION_COLUMNS}, attempts FROM operations"
+                "  WHERE folder_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2) o"
+                " ORDER BY o.created_at DESC, o.id DESC",
                 folder_id,
                 limit,
             )
-        return [RecentOperation(operation_from_row(row), row["attempts"]) for row in rows]
+        return [
+            RecentOperation(operation_from_row(row), row["attempts"], row["image_name"] or "")
+            for row in rows
+        ]

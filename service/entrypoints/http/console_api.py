@@ -72,13 +72,15 @@ def decode_recent(given: HttpInput) -> RecentRequest:
 
 
 def encode_recent(recent: list[RecentOperation]) -> bytes:
-    """``{"operations": [{"operation": <Operation as canonical JSON>, "progress": ...}]}``."""
+    """``{"operations": [{"operation": <Operation as canonical JSON>, "progress": ...,
+    "imageName": ...}]}`` (``imageName`` empty once the image is gone)."""
     return dump_json(
         {
             "operations": [
                 {
                     "operation": json_format.MessageToDict(operation_to_proto(each.operation)),
                     "progress": console_progress(each).value,
+                    "imageName": each.image_name,
                 }
                 for each in recent
             ]
