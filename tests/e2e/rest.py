@@ -7,6 +7,7 @@ Its fixtures (``rest``) are a plugin of ``tests/conftest.py``.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -65,12 +66,27 @@ def without_request_id(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "details": details}
 
 
-def grpc_error_json(error: grpc.aio.AioRpcError) -> dict[str, Any]:
-    """A gRPC error's ``google.rpc.Status`` as a REST error body, less its request ID."""
+def json_name(field_path: str) -> str:
+    """A request field path as REST names it: each field by its JSON (lowerCamelCase) name."""
+    return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), field_path)
+
+
+def grpc_error_json(error: grpc.aio.AioRpcError, *, rest_names: bool = False) -> dict[str, Any]:
+    """A gRPC error's ``google.rpc.Status`` as a REST error body, less its request ID; with
+    ``rest_names``, the request's fields named as the REST answer names them (JSON names, in
+    the ``BadRequest`` and in the message), where gRPC names the proto's fields."""
     status = rpc_status.from_call(error)
     assert status is not None, "no google.rpc.Status details"
     body = json_format.MessageToDict(status)
     body.setdefault("message", "")
+    if rest_names:
+        for detail in body.get("details", []):
+            for violation in detail.get("fieldViolations", []):
+                field = violation["field"]
+                violation["field"] = json_name(field)
+                prefix = f"Request validation error: {field}: "
+                if body["message"].startswith(prefix):
+                    body["message"] = body["message"].replace(field, violation["field"], 1)
     return without_request_id(body)
 
 

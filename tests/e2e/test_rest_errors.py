@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.client import create_ready_image, folder, image_id_of, rpc_error, unique, wait_done
-from tests.e2e.rest import IMAGES, grpc_error_json
+from tests.e2e.rest import IMAGES, grpc_error_json, json_name
 from tests.e2e.test_errors import CREATE_CASES, IMAGE_ID, UPDATE_CASES, create, update
 from tests.support import ROOT
 from yandex.cloud.baremetal.v1alpha import image_service_pb2
@@ -23,11 +23,12 @@ from yandex.cloud.operation import operation_service_pb2
 
 
 async def same_error(rest: Any, method: str, request: Any, grpc_call: Any, status: int) -> Any:
-    """Send ``request`` both ways; the REST answer is ``status`` and says what gRPC says."""
+    """Send ``request`` both ways; the REST answer is ``status`` and says what gRPC says,
+    naming each field of the request by its JSON name where gRPC names the proto's."""
     error = await rpc_error(grpc_call(request))
     answer = await rest.send(method, request)
     assert answer.status == status, answer.text
-    assert answer.error() == grpc_error_json(error)
+    assert answer.error() == grpc_error_json(error, rest_names=True)
     return answer
 
 
@@ -37,14 +38,14 @@ async def test_create_refuses_an_invalid_field_naming_it(rest, images, db, field
     answer = await same_error(rest, "ImageService.Create", request, images.Create, 400)
     assert answer.json["code"] == 3
     assert answer.json["message"].startswith("Request validation error: ")
-    assert field in answer.field_violations()
+    assert json_name(field) in answer.field_violations()
     assert await db.fetchval("SELECT count(*) FROM images WHERE name = $1", request.name) == 0
 
 
 @pytest.mark.parametrize(("field", "request_"), [case for case in UPDATE_CASES if case[1].image_id])
 async def test_update_refuses_an_invalid_field_naming_it(rest, images, field, request_):
     answer = await same_error(rest, "ImageService.Update", request_, images.Update, 400)
-    assert field in answer.field_violations()
+    assert json_name(field) in answer.field_violations()
 
 
 @pytest.mark.parametrize(
@@ -62,7 +63,33 @@ async def test_update_refuses_an_invalid_field_naming_it(rest, images, field, re
 async def test_reads_refuse_invalid_fields(rest, images, field, method, request_):
     call = getattr(images, method)
     answer = await same_error(rest, f"ImageService.{method}", request_, call, 400)
-    assert answer.field_violations() == [field]
+    assert answer.field_violations() == [json_name(field)]
+
+
+async def test_a_bad_page_size_is_named_as_rest_names_it_and_grpc_as_the_proto_does(rest, images):
+    answer = await rest.get(IMAGES, params={"folderId": "f", "pageSize": "1001"})
+    assert answer.status == 400
+    assert answer.field_violations() == ["pageSize"]
+    assert answer.json["message"].startswith("Request validation error: pageSize: ")
+    request = image_service_pb2.ListImagesRequest(folder_id="f", page_size=1001)
+    error = grpc_error_json(await rpc_error(images.List(request)))
+    assert error["message"].startswith("Request validation error: page_size: ")
+    assert error["message"].split(": ", 2)[2] == answer.json["message"].split(": ", 2)[2]
+
+
+@pytest.mark.parametrize(
+    ("value", "description"),
+    [("ten", "invalid value: expected an integer"), ("-1", "must be"), ("1001", "must be")],
+)
+async def test_the_console_reads_bad_page_size_is_named_page_size_as_the_query_names_it(
+    rest, value, description
+):
+    answer = await rest.get(
+        f"/console/api/folders/{folder()}/operations", params={"pageSize": value}
+    )
+    assert answer.status == 400, answer.text
+    assert answer.field_violations() == ["pageSize"]
+    assert answer.json["message"].startswith(f"Request validation error: pageSize: {description}")
 
 
 async def test_an_empty_id_in_the_path_matches_no_route(rest):
@@ -155,10 +182,11 @@ async def test_an_idempotency_key_of_another_request_or_malformed_is_refused(res
         (b'"text"', "body", "must be a JSON object"),
         (b"[" * 100_000, "body", "is nested too deeply"),
         (b'{"folderId": "f", "nmae": "x"}', "nmae", "unknown field"),
-        (b'{"folderId": 7}', "folder_id", "invalid value: expected a string"),
+        (b'{"folderId": 7}', "folderId", "invalid value: expected a string"),
+        (b'{"folder_id": 7}', "folderId", "invalid value: expected a string"),
         (b'{"labels": ["a"]}', "labels", "invalid value: expected an object with a string"),
         (b'{"labels": {"a": 1}}', "labels", "invalid value: expected an object with a string"),
-        (b'{"folderId": "f", "folder_id": "g"}', "folder_id", "is given more than once"),
+        (b'{"folderId": "f", "folder_id": "g"}', "folderId", "is given more than once"),
         (b'{"name": null, "uri": {"x": 1}}', "uri", "invalid value: expected a string"),
     ],
 )
@@ -176,11 +204,12 @@ async def test_a_body_that_does_not_decode_is_400_naming_the_field(rest, body, f
 @pytest.mark.parametrize(
     ("path", "params", "field", "description"),
     [
-        (IMAGES, {"folderId": "f", "pageSize": "ten"}, "page_size", "invalid value: expected an"),
-        (IMAGES, {"folderId": "f", "pageSize": "9" * 20}, "page_size", "invalid value"),
+        (IMAGES, {"folderId": "f", "pageSize": "ten"}, "pageSize", "invalid value: expected an"),
+        (IMAGES, {"folderId": "f", "pageSize": "9" * 20}, "pageSize", "invalid value"),
+        (IMAGES, {"folderId": "f", "page_size": "ten"}, "pageSize", "invalid value: expected an"),
         (IMAGES, {"folderId": "f", "colour": "red"}, "colour", "unknown query parameter"),
-        (IMAGES, [("folderId", "f"), ("folderId", "g")], "folder_id", "is given more than once"),
-        (f"{IMAGES}/{IMAGE_ID}", {"imageId": IMAGE_ID}, "image_id", "is given by the path"),
+        (IMAGES, [("folderId", "f"), ("folderId", "g")], "folderId", "is given more than once"),
+        (f"{IMAGES}/{IMAGE_ID}", {"imageId": IMAGE_ID}, "imageId", "is given by the path"),
         ("/operations/opn1:wait", {"timeout": "30"}, "timeout", "invalid value: expected a dur"),
     ],
 )  # fmt: skip

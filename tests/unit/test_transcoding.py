@@ -17,9 +17,15 @@ from hypothesis import strategies as st
 from service.domain.errors import Code, InvalidArgument
 from service.entrypoints.grpc.convert import EncodedOperation, pack
 from service.entrypoints.http.paths import Match, PathTemplate, Routes
-from service.entrypoints.http.responses import HTTP_STATUS, error_json, http_status, retry_after
+from service.entrypoints.http.responses import (
+    HTTP_STATUS,
+    error_json,
+    http_status,
+    retry_after,
+    with_json_field_paths,
+)
 from service.entrypoints.http.routes import kept_json
-from service.entrypoints.http.transcoding import Binding, HttpInput, bindings
+from service.entrypoints.http.transcoding import Binding, HttpInput, bindings, json_field_path
 from yandex.cloud.baremetal.v1alpha import image_pb2, image_service_pb2
 from yandex.cloud.operation import operation_pb2, operation_service_pb2
 
@@ -343,3 +349,47 @@ def test_the_json_of_an_answer_given_encoded_is_made_once():
     kept(unfinished)
     kept(unfinished)
     assert made == [finished, unfinished, unfinished]  # messages are encoded every time
+
+
+@pytest.mark.parametrize(
+    ("path", "shown"),
+    [
+        ("page_size", "pageSize"),
+        ("update_mask.paths[1]", "updateMask.paths[1]"),
+        ('labels["a_b"]', 'labels["a_b"]'),
+        ("folder_id", "folderId"),
+        ("colour_name", "colour_name"),  # no such field: kept as the caller wrote it
+        ("body", "body"),
+        ("update_mask.no_such.page_size", "updateMask.no_such.page_size"),
+    ],
+)
+def test_a_field_path_is_shown_by_its_json_names(path, shown):
+    descriptor = image_service_pb2.UpdateImageRequest.DESCRIPTOR
+    if path in ("page_size", "folder_id"):
+        descriptor = image_service_pb2.ListImagesRequest.DESCRIPTOR
+    assert json_field_path(descriptor, path) == shown
+
+
+def test_a_rest_error_names_the_fields_by_json_name_in_details_and_message():
+    violations = [
+        error_details_pb2.BadRequest.FieldViolation(field="page_size", description="too big"),
+        error_details_pb2.BadRequest.FieldViolation(field="folder_id", description="missing"),
+    ]
+    info = error_details_pb2.RequestInfo(request_id="r1")
+    status = status_pb2.Status(
+        code=3,
+        message="Request validation error: page_size: too big",
+        details=[pack(info), pack(error_details_pb2.BadRequest(field_violations=violations))],
+    )
+    descriptor = image_service_pb2.ListImagesRequest.DESCRIPTOR
+
+    shown = with_json_field_paths(status, lambda p: json_field_path(descriptor, p))
+
+    assert shown.message == "Request validation error: pageSize: too big"
+    bad = error_details_pb2.BadRequest()
+    assert shown.details[1].Unpack(bad)
+    assert [v.field for v in bad.field_violations] == ["pageSize", "folderId"]
+    assert shown.details[0] == status.details[0]
+    assert status.message.endswith("page_size: too big")  # the gRPC status is left as it was
+    other = status_pb2.Status(code=5, message="Image x not found", details=[pack(info)])
+    assert with_json_field_paths(other, str) is other

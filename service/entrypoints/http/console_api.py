@@ -29,6 +29,7 @@ RECENT_TEMPLATE = PathTemplate.parse("/console/api/folders/{folder_id}/operation
 # The frame's name of the read (its access log's ``method``; a read, so logged at DEBUG).
 RECENT_METHOD = "/console/ListOperations"
 _PAGE_SIZE_KEYS = ("pageSize", "page_size")
+_JSON_NAMES = {"folder_id": "folderId", "page_size": "pageSize"}
 
 _FILES = {
     "index.html": "text/html",
@@ -69,6 +70,11 @@ def decode_recent(given: HttpInput) -> RecentRequest:
     if given.body.strip():
         raise InvalidArgument([FieldViolation("body", "must be empty")])
     return RecentRequest(given.path_values["folder_id"], size)
+
+
+def json_field_path(path: str) -> str:
+    """A field of the read as its query and path name it (``page_size`` -> ``pageSize``)."""
+    return _JSON_NAMES.get(path, path)
 
 
 def encode_recent(recent: list[RecentOperation]) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
@@ -54,6 +55,36 @@ def error_json(status: status_pb2.Status) -> bytes:
     body.setdefault("message", "")
     body.setdefault("details", [])
     return dump_json(body)
+
+
+_VALIDATION = "Request validation error: "
+_BAD_REQUEST = "/" + error_details_pb2.BadRequest.DESCRIPTOR.full_name
+
+
+def with_json_field_paths(
+    status: status_pb2.Status, json_field_path: Callable[[str], str]
+) -> status_pb2.Status:
+    """``status`` with the request's fields named as a REST caller names them, by their JSON
+    names (``pageSize``, not ``page_size``): in its ``BadRequest`` and in its message. The
+    gRPC answer to the same request names the fields of the proto."""
+    bad = error_details_pb2.BadRequest()
+    if not any(detail.type_url.endswith(_BAD_REQUEST) for detail in status.details):
+        return status
+    renamed = status_pb2.Status()
+    renamed.CopyFrom(status)
+    for detail in renamed.details:
+        if not detail.Unpack(bad):
+            continue
+        first = bad.field_violations[0].field if bad.field_violations else None
+        for violation in bad.field_violations:
+            violation.field = json_field_path(violation.field)
+        detail.Pack(bad)
+        prefix = f"{_VALIDATION}{first}: "
+        if first is not None and renamed.message.startswith(prefix):
+            renamed.message = (
+                f"{_VALIDATION}{bad.field_violations[0].field}: " + renamed.message[len(prefix) :]
+            )
+    return renamed
 
 
 def retry_after(status: status_pb2.Status) -> str | None:

@@ -53,6 +53,8 @@ class RestMethod:
     call: FramedCall
     encode: Callable[[Any], bytes]
     route: str = ""  # its path template, as the metrics name it
+    # A field path of the request as a REST caller names it (its JSON name), for errors.
+    json_field_path: Callable[[str], str] = str
 
 
 class OperationWaiting:
@@ -144,14 +146,22 @@ def _entries(
         method, template, endpoint = _route(calls, binding, behavior)
         if binding.method != WAIT_METHOD:
             endpoint = RestMethod(
-                endpoint.call, kept_json(endpoint.encode, json_cache_size), template.text
+                endpoint.call,
+                kept_json(endpoint.encode, json_cache_size),
+                template.text,
+                endpoint.json_field_path,
             )
         yield method, template, endpoint
     recent = console_api.recent_call(calls, api.recent)
     yield (
         "GET",
         console_api.RECENT_TEMPLATE,
-        RestMethod(recent, console_api.encode_recent, console_api.RECENT_TEMPLATE.text),
+        RestMethod(
+            recent,
+            console_api.encode_recent,
+            console_api.RECENT_TEMPLATE.text,
+            console_api.json_field_path,
+        ),
     )
 
 
@@ -162,5 +172,5 @@ def _route(
     return (
         binding.http_method,
         binding.template,
-        RestMethod(call, binding.encode, binding.template.text),
+        RestMethod(call, binding.encode, binding.template.text, binding.json_field_path),
     )

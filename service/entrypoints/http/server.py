@@ -41,6 +41,7 @@ from service.entrypoints.http.responses import (
     http_status,
     refusal,
     retry_after,
+    with_json_field_paths,
 )
 from service.entrypoints.http.routes import RestMethod, build_routes, public_bindings
 from service.entrypoints.http.transcoding import HttpInput, dump_json
@@ -143,7 +144,8 @@ class RestApi:
         try:
             answer = await endpoint.call(given, context)
         except CallAborted as aborted:
-            return _error(aborted.status, _headers(context))
+            status = with_json_field_paths(aborted.status, endpoint.json_field_path)
+            return _error(status, _headers(context))
         return web.Response(
             body=endpoint.encode(answer),
             content_type=JSON_TYPE,

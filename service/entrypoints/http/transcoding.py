@@ -63,6 +63,25 @@ def shown_name(name: str) -> str:
     return name[:_MAX_ECHOED] or '""'
 
 
+def json_field_path(descriptor: Descriptor, path: str) -> str:
+    """``path`` (dot-separated field names, each with an optional ``[index]`` or ``["key"]``)
+    with each field of ``descriptor``'s message, nested ones too, by its JSON name. A segment
+    that names no field (an unknown key as written, ``body``) ends the renaming: it and what
+    follows are kept as they are."""
+    renamed: list[str] = []
+    segments = path.split(".")
+    message: Descriptor | None = descriptor
+    for n, segment in enumerate(segments):
+        name, bracket, rest = segment.partition("[")
+        field = message.fields_by_name.get(name) if message is not None else None
+        if field is None:
+            renamed += segments[n:]
+            break
+        renamed.append(field.json_name + bracket + rest)
+        message = field.message_type
+    return ".".join(renamed)
+
+
 def _bad(field: str, description: str) -> InvalidArgument:
     return InvalidArgument([FieldViolation(field, description)])
 
@@ -117,6 +136,10 @@ class Binding:
             http_method, template, method, request_type, response_type, rule.body,
             rule.response_body,
         )  # fmt: skip
+
+    def json_field_path(self, path: str) -> str:
+        """A field path of the request as its JSON names it (``page_size`` -> ``pageSize``)."""
+        return json_field_path(cast(Descriptor, self.request_type.DESCRIPTOR), path)
 
     def decode(self, given: HttpInput) -> Message:
         """The request message: the body, then the query, then the path (which wins)."""
