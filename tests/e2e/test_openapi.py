@@ -16,7 +16,6 @@ import pytest
 
 from service.entrypoints.http.routes import public_bindings
 from tests.e2e.rest import http_port
-from tests.support import ROOT
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
@@ -67,7 +66,7 @@ async def test_schemathesis_finds_no_server_error_and_no_answer_off_the_document
         "--workers", "2",
         "--suppress-health-check", "all",
         "--report", "junit", "--report-dir", str(tmp_path),
-        cwd=ROOT,
+        cwd=tmp_path,  # its own caches (.schemathesis/) go there, not into the checkout
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
