@@ -114,6 +114,14 @@ def image_cell(image: Any) -> str:
     return f"{image.name}\n{image.id}"
 
 
+def show_folder(driver: Any, folder_id: str) -> None:
+    """Name another folder in the Folder box and show it."""
+    box = driver.find_element(By.ID, "folder")
+    box.clear()
+    box.send_keys(folder_id)
+    driver.find_element(By.ID, "show-folder").click()
+
+
 def sign_in(driver: Any, base: str, token: str, folder_id: str) -> None:
     driver.get(f"{base}/console")
     driver.execute_script("sessionStorage.clear()")
@@ -122,8 +130,7 @@ def sign_in(driver: Any, base: str, token: str, folder_id: str) -> None:
     driver.find_element(By.ID, "token").send_keys(token)
     driver.find_element(By.ID, "use-token").click()
     until(driver, lambda d: d.find_element(By.ID, "folder").is_displayed(), "the folder form")
-    driver.find_element(By.ID, "folder").send_keys(folder_id)
-    driver.find_element(By.ID, "show-folder").click()
+    show_folder(driver, folder_id)
 
 
 async def test_the_console_shows_images_and_live_operations_and_cancels(
@@ -278,13 +285,7 @@ async def test_a_folder_the_token_cannot_see_shows_the_refusal_and_nothing_of_an
     assert re.fullmatch(r"\d+ ms|\d+\.\d s", took), shown
     assert took != "0.0 s"
 
-    def switch() -> None:
-        box = browser.find_element(By.ID, "folder")
-        box.clear()
-        box.send_keys(theirs)
-        browser.find_element(By.ID, "show-folder").click()
-
-    await in_browser(switch)
+    await in_browser(lambda: show_folder(browser, theirs))
     refused = await in_browser(
         lambda: until(
             browser,
@@ -311,13 +312,7 @@ async def test_a_folder_the_token_cannot_see_shows_the_refusal_and_nothing_of_an
     assert "showing what was read" not in refreshed  # nothing of this folder was ever read
 
     # Back to the folder it can see: its image again, updated.
-    def back() -> None:
-        box = browser.find_element(By.ID, "folder")
-        box.clear()
-        box.send_keys(mine)
-        browser.find_element(By.ID, "show-folder").click()
-
-    await in_browser(back)
+    await in_browser(lambda: show_folder(browser, mine))
     await in_browser(lambda: until(browser, lambda d: cells(d, row), "the image again"))
     message = await in_browser(lambda: browser.find_element(By.ID, "message").text)
     assert message == ""
@@ -390,13 +385,7 @@ async def test_find_by_id_names_images_follows_their_operations_and_shows_the_ti
     assert shown[1] == image_cell(image)
 
     # An operation's ID, from another folder: the operation, live, and its image's folder.
-    def show_other() -> None:
-        box = browser.find_element(By.ID, "folder")
-        box.clear()
-        box.send_keys(other)
-        browser.find_element(By.ID, "show-folder").click()
-
-    await in_browser(show_other)
+    await in_browser(lambda: show_folder(browser, other))
     await in_browser(lambda: find(browser, updated.id))
     found = await in_browser(
         lambda: until(browser, lambda d: row_cells(d, "found", updated.id), "the operation found")
