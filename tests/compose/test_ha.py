@@ -78,6 +78,18 @@ def primary(stack: Stack) -> str:
     return found[0]
 
 
+def test_the_ha_settings_reach_the_api_and_the_workers(ha_stack: Stack):
+    """The settings an operator gives compose for the `ha` profile are those the processes
+    run with (a variable the compose file does not read would be dropped without a word)."""
+    for service in ("api", "workers"):
+        containers = ha_stack.containers(service)
+        assert containers, service
+        for container in containers:
+            env = dict(str(e).split("=", 1) for e in container["Config"]["Env"])  # type: ignore[index]
+            assert env["DATABASE_URL"] == HA_URL, service
+            assert env["DB_COMMAND_TIMEOUT_SECONDS"] == "5", service
+
+
 async def test_the_stack_follows_a_killed_primary_and_loses_nothing(ha_stack: Stack):
     stack = ha_stack
     token = await asyncio.to_thread(token_of, stack)
