@@ -224,3 +224,44 @@ async def test_terminated_backends_under_batched_calls_give_only_unavailable(
     assert ended > 20, "the backends were terminated"
     assert outcomes["accepted"] > 20, outcomes
     assert set(outcomes) <= {"accepted", Code.UNAVAILABLE.name}, json.dumps(outcomes, indent=1)
+
+
+async def pids_of_every_connection(database: Database, size: int) -> set[int]:
+    """The server PIDs of all ``size`` connections of the pool (all taken at once)."""
+    async with contextlib.AsyncExitStack() as stack:
+        taken = [await stack.enter_async_context(database.connection()) for _ in range(size)]
+        return {conn.get_server_pid() for conn in taken}
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "SELECT pg_sleep(5)",  # past the command timeout: a server that stopped answering
+        # a server that no longer takes writes (a demoted primary), as this session sees it
+        "SET default_transaction_read_only = on",  # then a write: see below
+        "SELECT pg_terminate_backend(pg_backend_pid())",  # the connection lost under a call
+    ],
+)
+async def test_a_connection_that_shows_its_server_gone_replaces_the_whole_pool(
+    database_url: str, failure: str
+) -> None:
+    """The other connections lead to the same server: none of them is handed out again, so a
+    primary that vanished costs one call its timeout, not one per pooled connection."""
+    size = 3
+    database = await Database.connect(
+        url_with(database_url), min_size=size, max_size=size, command_timeout=0.5
+    )
+    try:
+        before = await pids_of_every_connection(database, size)
+        assert len(before) == size
+
+        with pytest.raises(Unavailable):
+            async with database.connection() as conn:
+                await conn.execute(failure)
+                await conn.execute("CREATE TABLE lost_connections_probe (i int)")
+
+        after = await pids_of_every_connection(database, size)
+        assert len(after) == size
+        assert not after & before
+    finally:
+        await database.close()

@@ -60,6 +60,14 @@ TRANSIENT_ERRORS = (
 
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
+# A connection lost under a statement: its server died, restarted or became unreachable.
+_SERVER_GONE = (
+    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError among them
+    asyncpg.exceptions.AdminShutdownError,
+    ConnectionError,
+    OSError,
+)
+
 
 def load_sql(name: str) -> str:
     """A statement kept in a ``.sql`` file of this package, beside the code that runs it.
@@ -234,7 +242,13 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
-        """A pooled connection, waited for at most the command timeout; errors translated."""
+        """A pooled connection, waited for at most the command timeout; errors translated.
+
+        A connection that shows its server gone or changed drops every other connection of
+        the pool as well (each is replaced when next taken): they lead to the same server, and
+        a primary that vanished under them (a dead host, a partition) would otherwise cost one
+        call the whole command timeout per pooled connection before the pool found the new
+        primary (tests/integration/test_lost_connections.py)."""
         with translate_errors():
             async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
                 try:
@@ -248,6 +262,10 @@ class Database:
                     # that stopped answering (a statement past the command timeout): never
                     # back into the pool.
                     conn.terminate()
+                    await self._pool.expire_connections()
+                    raise
+                except _SERVER_GONE:
+                    await self._pool.expire_connections()
                     raise
 
     @contextlib.asynccontextmanager
