@@ -91,6 +91,9 @@ def test_the_ha_profile_runs_three_patroni_nodes_as_the_fault_run_tested_them():
     assert dcs["synchronous_mode_strict"] is True
     assert dcs["primary_start_timeout"] == 0
     assert dcs["postgresql"]["use_pg_rewind"] is True
+    # A standby that missed its slot on a new primary streams again within a loop_wait.
+    retry = dcs["postgresql"]["parameters"]["wal_retrieve_retry_interval"]
+    assert int(retry.removesuffix("s")) <= dcs["loop_wait"]
     assert "etcd" in config  # the v2 API (see patroni.yml)
     assert "etcd3" not in config
 
