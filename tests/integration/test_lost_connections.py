@@ -233,6 +233,13 @@ async def pids_of_every_connection(database: Database, size: int) -> set[int]:
         return {conn.get_server_pid() for conn in taken}
 
 
+async def fail_on_one_connection(database: Database, failure: str) -> None:
+    """``failure``, then a write, on one connection of the pool."""
+    async with database.connection() as conn:
+        await conn.execute(failure)
+        await conn.execute("CREATE TABLE lost_connections_probe (i int)")
+
+
 @pytest.mark.parametrize(
     "failure",
     [
@@ -256,9 +263,7 @@ async def test_a_connection_that_shows_its_server_gone_replaces_the_whole_pool(
         assert len(before) == size
 
         with pytest.raises(Unavailable):
-            async with database.connection() as conn:
-                await conn.execute(failure)
-                await conn.execute("CREATE TABLE lost_connections_probe (i int)")
+            await fail_on_one_connection(database, failure)
 
         after = await pids_of_every_connection(database, size)
         assert len(after) == size
