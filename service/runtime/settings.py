@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     db_command_timeout_seconds: float = Field(
         default=30.0, gt=0, description="limit of one database call"
     )
+    db_tcp_user_timeout_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="a database connection whose server stops acknowledging (a dead host, a "
+        "partition) is dropped after this long, in use or idle; 0 leaves it to the kernel",
+    )
     startup_timeout_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -286,6 +292,7 @@ READ_BY_BOTH = frozenset(
         "db_pool_min",
         "db_pool_max",
         "db_command_timeout_seconds",
+        "db_tcp_user_timeout_seconds",
         "startup_timeout_seconds",
         "publish_timeout_seconds",  # the API's publish; the workers' relay
         "outbox_grace_seconds",  # the workers' relay waits it; the API marks within a quarter

@@ -16,9 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
+import shutil
+import subprocess
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -270,3 +274,53 @@ async def test_a_connection_that_shows_its_server_gone_replaces_the_whole_pool(
         assert not after & before
     finally:
         await database.close()
+
+
+@pytest.fixture
+def drop_packets_to() -> Iterator[Callable[[int], None]]:
+    """Makes the loopback drop every packet sent to a port: what a host that vanished, or a
+    partition, looks like to the client (no reset, no refusal: nothing is acknowledged)."""
+    binary = shutil.which("iptables")
+    if binary is None or os.geteuid() != 0:
+        pytest.skip("needs iptables and root, to drop packets")
+    rules: list[list[str]] = []
+
+    def drop(port: int) -> None:
+        rule = ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(port), "-j", "DROP"]
+        added = subprocess.run([binary, "-I", *rule], capture_output=True, text=True)
+        if added.returncode != 0:
+            pytest.skip(f"iptables cannot add a rule here: {added.stderr.strip()}")
+        rules.append(rule)
+
+    yield drop
+    for rule in rules:
+        subprocess.run([binary, "-D", *rule], capture_output=True, check=False)
+
+
+async def select_one(database: Database) -> object:
+    async with database.connection() as conn:
+        return await conn.fetchval("SELECT 1")
+
+
+async def test_a_call_to_a_server_that_stopped_acknowledging_ends_at_the_tcp_user_timeout(
+    database_url: str, held_back: ClosingHeldBack, drop_packets_to: Callable[[int], None]
+) -> None:
+    """The call ends UNAVAILABLE about DB_TCP_USER_TIMEOUT_SECONDS after the server went
+    silent, long before the command timeout."""
+    held_back.let_close()  # a plain forwarder: its port is the server's address here
+    database = await Database.connect(
+        url_with(database_url, port=held_back.port),
+        min_size=1,
+        max_size=1,
+        command_timeout=60,
+        tcp_user_timeout=1.0,
+    )
+    try:
+        assert await select_one(database) == 1
+        drop_packets_to(held_back.port)
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await select_one(database)
+        assert time.monotonic() - started < 10  # the command timeout is 60 s
+    finally:
+        await asyncio.wait_for(database.close(), 30)

@@ -61,6 +61,7 @@ class Postgres:
                     min_size=settings.db_pool_min,
                     max_size=settings.db_pool_max,
                     command_timeout=settings.db_command_timeout_seconds,
+                    tcp_user_timeout=settings.db_tcp_user_timeout_seconds,
                     generic_plans=generic_plans,
                 )
                 return cls.over(db)

@@ -21,7 +21,9 @@ connection it is, and that connection is terminated so the pool never hands it o
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import socket
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from typing import Any, TypeAlias, cast
@@ -188,7 +190,28 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     LISTEN, no advisory locks), so asyncpg's default reset would be a wasted round trip."""
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+def _drop_when_unacknowledged(conn: asyncpg.Connection, seconds: float) -> None:
+    """A TCP connection to the server is dropped by the kernel once what it sent (a statement,
+    or a keepalive probe after ``seconds`` idle) goes unacknowledged for ``seconds``: a server
+    that vanished (a dead host, a partition: no reset ever comes) ends a call then, not at
+    the command timeout, and an idle pooled connection to it is found before a call takes it.
+    A Unix socket, or ``seconds`` 0, is left as it is."""
+    if seconds <= 0:
+        return
+    # asyncpg keeps its transport private; the socket is asyncio's public extra.
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    whole = max(1, round(seconds))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, whole)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, whole // 3))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, round(seconds * 1000))
+
+
+async def _init_connection(conn: asyncpg.Connection, tcp_user_timeout: float = 0.0) -> None:
+    _drop_when_unacknowledged(conn, tcp_user_timeout)
     await conn.set_type_codec(
         "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
     )
@@ -210,13 +233,14 @@ class Database:
         min_size: int,
         max_size: int,
         command_timeout: float,
+        tcp_user_timeout: float = 0.0,
         generic_plans: bool = False,
     ) -> Database:
         """A pool of connections. ``generic_plans``: each prepared statement is planned once
         per connection (``plan_cache_mode = force_generic_plan``), for a process whose
         statements look rows up by key (the API), never for one whose statements select by
         ranges of time (the worker's retention and sweeper), where a plan for the values at
-        hand can be much better."""
+        hand can be much better. ``tcp_user_timeout``: see ``_drop_when_unacknowledged``."""
         plans = {"plan_cache_mode": "force_generic_plan"} if generic_plans else {}
         with translate_errors():
             pool = await asyncpg.create_pool(
@@ -227,7 +251,7 @@ class Database:
                 min_size=min_size,
                 max_size=max_size,
                 command_timeout=command_timeout,
-                init=_init_connection,
+                init=functools.partial(_init_connection, tcp_user_timeout=tcp_user_timeout),
                 reset=_keep_session,
                 timeout=min(command_timeout, 10.0),  # to establish one connection
                 server_settings={
