@@ -226,9 +226,9 @@ async def test_a_key_reused_for_another_request_is_refused_in_a_batch(store, db,
 
 
 async def test_a_key_taken_by_a_racing_call_hands_the_batch_back(store, db, broker):
-    """A transaction recorded the key after the batch looked: the batch statement fails on
-    the key and every Update of it is answered alone, the keyed one with the racing call's
-    operation, the others accepted."""
+    """A racing call holds the key's lock and records the key after the batch's statement
+    began: the batch waits for the lock, then fails on the key, and every Update of it is
+    answered alone, the keyed one with the racing call's operation, the others accepted."""
     f = folder()
     app, caller = keyed_app(store, broker, f)
     raced, bystander = await add_image(db, f), await add_image(db, f)
@@ -237,6 +237,10 @@ async def test_a_key_taken_by_a_racing_call_hands_the_batch_back(store, db, brok
     async with db.acquire() as conn:
         held = conn.transaction()
         await held.start()
+        # As every keyed accept does: the key's lock first (accept._CLAIM_KEY).
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('tester' || '/' || $1, 0))", text
+        )
         await conn.execute(
             "INSERT INTO idempotency_keys (caller, key, fingerprint, operation_id)"
             " VALUES ('tester', $1, 'request-1', $2)",

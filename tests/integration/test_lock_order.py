@@ -2,8 +2,11 @@
 ID, then the folders' quota rows by folder), or skips what another holds; so the paths run
 together against the real PostgreSQL and PostgreSQL detects no deadlock.
 
-The paths: the API's accept (one Update, and the group commit), its published marks, the
-workers' one-statement apply and their transaction, Cancel, the outbox relay and the sweeper.
+The paths: the API's accept (one Update, and the group commit, each with and without
+idempotency keys; keyed calls share keys with calls running at the same time, as a client's
+retries do), its published marks, the workers' one-statement apply and their transaction,
+Cancel, the outbox relay and the sweeper. Every keyed accept takes its key's lock before any
+row.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ import contextlib
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 import asyncpg
 
 from service.adapters.postgres import Postgres
 from service.adapters.postgres.database import Database
+from service.domain import ids
 from service.domain.auth import Principal, Role
 from service.domain.errors import ServiceError
-from service.domain.model import ImageChange
+from service.domain.model import IdempotencyKey, ImageChange
 from service.runtime.waiters import OperationWaiters
 from service.usecases.execute import Executor
 from service.usecases.operations import Operations
@@ -81,6 +86,29 @@ async def test_every_path_together_detects_no_deadlock(database_url: str, db: as
             done = await store.accepts.begin_update(single.operation, single.change)
             accepted.append(done.operation.id)
 
+    async def accept_keyed() -> None:
+        """A keyed batch and keyed single Updates at once, on the same keys (a request
+        retried, whichever path it takes): each key starts one operation."""
+        keys = [IdempotencyKey("tester", ids.new_id("key"), "same") for _ in range(12)]
+        batch = [
+            replace(update(i, ImageChange(description="k")), idempotency=random.choice(keys))
+            for i in random.sample(images, 30)
+        ]
+
+        async def alone() -> None:
+            single = update(random.choice(images), ImageChange(description="k"))
+            with contextlib.suppress(ServiceError):  # not READY: refused
+                done = await store.accepts.begin_update(
+                    single.operation, single.change, random.choice(keys)
+                )
+                if not done.replayed:
+                    accepted.append(done.operation.id)
+
+        together, *_ = await asyncio.gather(
+            store.accepts.begin_updates(batch), *(alone() for _ in range(4))
+        )
+        accepted.extend(op.id for op in together if op)
+
     async def mark() -> None:
         await store.outbox.mark_published(messages_of(some(400), per_message=50))
 
@@ -111,6 +139,7 @@ async def test_every_path_together_detects_no_deadlock(database_url: str, db: as
 
     paths = {
         "accept": accept,
+        "accept_keyed": accept_keyed,
         "mark": mark,
         "apply_together": apply_together,
         "apply_alone": apply_alone,

@@ -1028,7 +1028,7 @@ async def test_a_batch_that_ignores_taken_names_is_caught(
     store: Postgres, db: asyncpg.Pool, copies: list[Copy], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wrong = mutant(
-        accept_module._BEGIN_UPDATES, "(requested.name IS NULL OR NOT EXISTS", "(TRUE OR NOT EXISTS"
+        accept_module._BEGIN_UPDATES, "(fresh.name IS NULL OR NOT EXISTS", "(TRUE OR NOT EXISTS"
     )
     monkeypatch.setattr(accept_module, "_BEGIN_UPDATES", wrong)
     batch = Batch(
@@ -1043,12 +1043,13 @@ async def test_a_batch_that_ignores_taken_names_is_caught(
 async def test_a_batch_that_keeps_the_keys_of_refused_updates_is_caught(
     store: Postgres, db: asyncpg.Pool, copies: list[Copy], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The keys of every Update the batch considered, not only of those it accepted.
     wrong = mutant(
-        accept_module._FREE_KEYS,
-        "WHERE idempotency_keys.caller",
-        "WHERE FALSE AND idempotency_keys.caller",
+        accept_module._BEGIN_UPDATES,
+        "operation_id FROM image WHERE key IS NOT NULL",
+        "operation_id FROM fresh WHERE key IS NOT NULL",
     )
-    monkeypatch.setattr(accept_module, "_FREE_KEYS", wrong)
+    monkeypatch.setattr(accept_module, "_BEGIN_UPDATES", wrong)
     batch = Batch(
         1,
         [ImageAt(0, "aa", ImageStatus.READY), ImageAt(0, "ab", ImageStatus.CREATING)],

@@ -4,9 +4,10 @@ The rules checked (``service.domain.rules``) are the domain's; ``begin_updates.s
 same for many Updates in one statement (group commit).
 
 Locks are taken in one order by every path that writes operations (migration 0007 lists
-them): an accepting transaction locks its image first and its folder's quota row
-(``folder_quotas``) last, so accepts in one folder queue on that row, each reading the count
-the one before it left: calls racing in a folder cannot pass the quota together.
+them): an accepting transaction takes its idempotency key's lock first, if it has a key
+(``_CLAIM_KEY``), then locks its image, and its folder's quota row (``folder_quotas``) last,
+so accepts in one folder queue on that row, each reading the count the one before it left:
+calls racing in a folder cannot pass the quota together.
 """
 
 from __future__ import annotations
@@ -59,21 +60,16 @@ SELECT $1, $2, $3, $4, $5, at, $6, at, $7, $8 FROM (SELECT clock_timestamp() AS 
 RETURNING created_at
 """
 _BEGIN_UPDATES = load_sql("begin_updates.sql")
-# A batch's keys, in one order (so batches sharing keys wait for each other, never deadlock);
-# of a key carried twice, the first in the batch. Returns the operations whose key this
-# recorded: a key recorded before (or by a racing call, waited for) is left out.
-_CLAIM_KEYS = """
+# Every keyed accept takes its key's lock first (begin_updates.sql takes a batch's, sorted),
+# then records the key: a racing call with the same key waits here, never on a row another
+# path holds while it waits for the key (the one lock order: keys, images, quotas). A lock
+# number two keys share only makes their calls take turns.
+_CLAIM_KEY = """
+WITH key_lock AS (SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0)))
 INSERT INTO idempotency_keys (caller, key, fingerprint, operation_id)
-SELECT caller, key, fingerprint, operation_id
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
-    AS k(caller, key, fingerprint, operation_id, n)
-ORDER BY caller, key, n
+SELECT $1, $2, $3, $4 FROM key_lock
 ON CONFLICT (caller, key) DO NOTHING
-RETURNING operation_id
-"""
-_FREE_KEYS = """
-DELETE FROM idempotency_keys USING unnest($1::text[], $2::text[]) AS k(caller, key)
-WHERE idempotency_keys.caller = k.caller AND idempotency_keys.key = k.key
+RETURNING 1
 """
 
 log = structlog.get_logger(__name__)
@@ -185,20 +181,15 @@ class PostgresAccepts:
         ``begin_update`` the answer that concerns it; a lost database is ``Unavailable`` for
         them all.
 
-        Without keys, the batch is one statement. With keys, one transaction takes the keys
-        first, as ``begin_update`` does (the one lock order: keys, images, quotas), then runs
-        the same statement over the Updates it may accept.
+        Keyed or not, the batch is one statement (``begin_updates.sql``), committed on its
+        own: the keys are locked first, as ``begin_update`` locks its key, and only the
+        Updates it accepts record theirs.
         """
         if not updates:
             return []
-        keyed = [u for u in updates if u.idempotency is not None]
         async with self._db.connection() as conn:
             try:
-                if not keyed:
-                    rows = await self._begin_batch(conn, updates)
-                else:
-                    async with conn.transaction():
-                        rows = await self._begin_keyed_batch(conn, updates, keyed)
+                rows = await self._begin_batch(conn, updates)
             except TRANSIENT_ERRORS:
                 raise
             except asyncpg.PostgresError as exc:
@@ -213,39 +204,11 @@ class PostgresAccepts:
         }
         return [accepted.get(u.operation.id) for u in updates]
 
-    async def _begin_keyed_batch(
-        self, conn: Connection, updates: Sequence[NewUpdate], keyed: Sequence[NewUpdate]
-    ) -> list[asyncpg.Record]:
-        """In a transaction: record the keys, accept the Updates whose key was recorded here
-        (and the unkeyed ones), then free the keys of those the batch did not accept."""
-        keys = [u.idempotency for u in keyed if u.idempotency is not None]
-        claimed = {
-            row["operation_id"]
-            for row in await conn.fetch(
-                _CLAIM_KEYS,
-                [k.caller for k in keys],
-                [k.key for k in keys],
-                [k.fingerprint for k in keys],
-                [u.operation.id for u in keyed],
-            )
-        }
-        joining = [u for u in updates if u.idempotency is None or u.operation.id in claimed]
-        rows = await self._begin_batch(conn, joining) if joining else []
-        accepted = {row["id"] for row in rows}
-        unused = [
-            u.idempotency
-            for u in keyed
-            if u.idempotency is not None
-            and u.operation.id in claimed
-            and u.operation.id not in accepted
-        ]
-        if unused:
-            await conn.execute(_FREE_KEYS, [k.caller for k in unused], [k.key for k in unused])
-        return rows
-
     async def _begin_batch(
         self, conn: Connection, updates: Sequence[NewUpdate]
     ) -> list[asyncpg.Record]:
+        keys = [u.idempotency for u in updates]
+        keyed = any(k is not None for k in keys)
         return await conn.fetch(
             _BEGIN_UPDATES,
             [u.operation.image_id for u in updates],
@@ -259,10 +222,13 @@ class PostgresAccepts:
             updates[0].operation.description,
             int(ImageStatus.UPDATING),
             int(ImageStatus.READY),
-            # NULL for all (tracing off) costs nothing per Update.
+            # NULL for all (tracing off, no keys) costs nothing per Update.
             None
             if all(u.trace_context is None for u in updates)
             else [u.trace_context for u in updates],
+            [None if k is None else k.caller for k in keys] if keyed else None,
+            [None if k is None else k.key for k in keys] if keyed else None,
+            [None if k is None else k.fingerprint for k in keys] if keyed else None,
         )
 
     async def begin_delete(
@@ -362,8 +328,7 @@ async def _claim_key(
     if idempotency is None:
         return None
     inserted = await conn.fetchval(
-        "INSERT INTO idempotency_keys (caller, key, fingerprint, operation_id)"
-        " VALUES ($1, $2, $3, $4) ON CONFLICT (caller, key) DO NOTHING RETURNING 1",
+        _CLAIM_KEY,
         idempotency.caller,
         idempotency.key,
         idempotency.fingerprint,

@@ -1,35 +1,61 @@
 -- Group commit: what accept.py's single-Update transaction does (rules.ensure_updatable,
--- the caller's folders, rules.ensure_within_quota, the name free in the folder), for many
--- Updates at once (one array element per Update) in one statement: all of them or, should it
--- fail, none. The conditions are checked per row, in the batch's order, so a batch accepts
--- exactly the Updates that would be accepted one at a time in that order; the property test
--- tests/integration/test_rules_agree.py holds the two to that.
+-- the caller's folders, rules.ensure_within_quota, the name free in the folder, the
+-- idempotency key), for many Updates at once (one array element per Update) in one statement:
+-- all of them or, should it fail, none. The conditions are checked per row, in the batch's
+-- order, so a batch accepts exactly the Updates that would be accepted one at a time in that
+-- order; the property test tests/integration/test_rules_agree.py holds the two to that.
 --
 -- $1 image IDs, $2 operation IDs, $3 new names (NULL: unchanged), $4 callers, $5 requests,
 -- $6 each caller's folders (a JSON array as text; NULL: all), $7 the quota, $8 the description,
--- $9 UPDATING, $10 READY, $11 the calls' trace contexts (NULL: none has one).
+-- $9 UPDATING, $10 READY, $11 the calls' trace contexts (NULL: none has one), $12 $13 $14 the
+-- idempotency keys' callers, keys and fingerprints (NULL where an Update has none; NULL
+-- arrays: none has one).
+--
+-- Keys: each key's lock (accept.py's _CLAIM_KEY, the first lock every keyed path takes) is
+-- taken before any row, in one order. An Update joins only with a key not recorded and not
+-- carried by an earlier Update of the batch, and its key is recorded with its operation, so
+-- an Update the batch does not accept leaves no key behind. A key recorded by a transaction
+-- that committed after this statement's snapshot was taken (while it waited for the key's
+-- lock) makes the statement fail on the key's unique index: the batch is handed back whole.
 WITH requested AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
-                         $6::text[], $11::text[])
+                         $6::text[], $11::text[], $12::text[], $13::text[], $14::text[])
         WITH ORDINALITY
-        AS r(image_id, operation_id, name, created_by, request, folders, trace_context, n)
+        AS r(image_id, operation_id, name, created_by, request, folders, trace_context,
+             key_caller, key, fingerprint, n)
+), key_locks AS (
+    -- Taken by sorted lock number, so batches sharing keys wait for each other, never deadlock.
+    SELECT count(pg_advisory_xact_lock(lock)) AS taken FROM (
+        SELECT DISTINCT hashtextextended(key_caller || '/' || key, 0) AS lock
+        FROM requested WHERE key IS NOT NULL
+        ORDER BY 1 OFFSET 0
+    ) keys
+), fresh AS (
+    -- Read once every key's lock is held (the uncorrelated subquery runs first, and whole).
+    SELECT * FROM requested r
+    WHERE (SELECT taken FROM key_locks) IS NOT NULL
+      AND (r.key IS NULL OR (
+          NOT EXISTS (SELECT 1 FROM idempotency_keys k
+                      WHERE k.caller = r.key_caller AND k.key = r.key)
+          AND NOT EXISTS (SELECT 1 FROM requested e
+                          WHERE e.key_caller = r.key_caller AND e.key = r.key AND e.n < r.n)))
 ), locked AS (
     -- Rows locked in one order, so batches sharing images wait for each other, never deadlock.
-    SELECT id, folder_id, status FROM images WHERE id IN (SELECT image_id FROM requested)
+    SELECT id, folder_id, status FROM images WHERE id IN (SELECT image_id FROM fresh)
     ORDER BY id
     FOR NO KEY UPDATE
 ), startable AS (
     -- Everything but the quota: READY, in the caller's folders, the new name free in the
     -- folder. Of several Updates of one image, the first: it leaves the image UPDATING.
-    SELECT DISTINCT ON (locked.id) requested.*, locked.folder_id
-    FROM requested JOIN locked ON locked.id = requested.image_id
+    SELECT DISTINCT ON (locked.id) fresh.*, locked.folder_id
+    FROM fresh JOIN locked ON locked.id = fresh.image_id
     WHERE locked.status = $10
-      AND (requested.folders IS NULL OR requested.folders::jsonb ? locked.folder_id)
-      AND (requested.name IS NULL OR NOT EXISTS (
+      AND (fresh.folders IS NULL OR fresh.folders::jsonb ? locked.folder_id)
+      AND (fresh.name IS NULL OR NOT EXISTS (
           SELECT 1 FROM images other
-          WHERE other.folder_id = locked.folder_id AND other.name = requested.name
+          WHERE other.folder_id = locked.folder_id AND other.name = fresh.name
             AND other.id <> locked.id))
-    ORDER BY locked.id, requested.n
+    ORDER BY locked.id, fresh.n
 ), quota AS (
     -- The folders' counts, their rows of accepts locked after the images and in one order (as
     -- accept.py locks one), so racing accepts of a folder take turns; less what was finished
@@ -56,6 +82,10 @@ WITH requested AS (
     FROM accepted
     WHERE images.id = accepted.image_id
     RETURNING accepted.*
+), keys AS (
+    -- No ON CONFLICT: a key recorded meanwhile fails the statement (the header says why).
+    INSERT INTO idempotency_keys (caller, key, fingerprint, operation_id)
+    SELECT key_caller, key, fingerprint, operation_id FROM image WHERE key IS NOT NULL
 )
 -- The trigger of migration 0007 adds each inserted operation to its folder's count. One
 -- reading of the clock per operation, for both its times: the caller is answered with them.
