@@ -32,11 +32,13 @@ WITH requested AS (
     ) keys
 ), fresh AS (
     -- Read once every key's lock is held (the uncorrelated subquery runs first, and whole).
+    -- The recorded key is looked up as a scalar, one primary-key probe per Update: as NOT
+    -- EXISTS under OR the planner may hash the whole table of keys instead.
     SELECT * FROM requested r
     WHERE (SELECT taken FROM key_locks) IS NOT NULL
       AND (r.key IS NULL OR (
-          NOT EXISTS (SELECT 1 FROM idempotency_keys k
-                      WHERE k.caller = r.key_caller AND k.key = r.key)
+          (SELECT k.operation_id FROM idempotency_keys k
+           WHERE k.caller = r.key_caller AND k.key = r.key) IS NULL
           AND NOT EXISTS (SELECT 1 FROM requested e
                           WHERE e.key_caller = r.key_caller AND e.key = r.key AND e.n < r.n)))
 ), locked AS (
