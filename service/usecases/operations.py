@@ -6,9 +6,10 @@ operation costs a dictionary lookup and no encoding). What "encoded" is belongs 
 point: the use case is generic over it (``Encoded``) and only calls the ``encode`` the
 composition root hands it, never looking inside. The encoded form is kept in the same entry
 as the operation, not in a cache of the entry point's keyed by operation ID, because it lives
-and dies with that entry: made when the operation is kept, dropped when it is evicted or
-passes the retention period. A second cache would need those rules again (or a check that it
-holds the same operation) and a second lookup on every poll.
+and dies with that entry: made when a reader that sends it first asks (most operations the
+database's notifications bring are never read by the process they reach), dropped when the
+entry is evicted or passes the retention period. A second cache would need those rules again
+(or a check that it holds the same operation) and a second lookup on every poll.
 """
 
 from __future__ import annotations
@@ -54,9 +55,10 @@ class FinishedOperations(Generic[Encoded]):
     ) -> None:
         self._retention = timedelta(seconds=min(retention_seconds, 1e9))
         self._encode = encode
-        self._items: Lru[str, tuple[Operation, Encoded]] = Lru(capacity)
+        self._items: Lru[str, tuple[Operation, Encoded | None]] = Lru(capacity)
 
-    def get(self, operation_id: str) -> tuple[Operation, Encoded] | None:
+    def get(self, operation_id: str) -> tuple[Operation, Encoded | None] | None:
+        """The operation, with its encoded form if a reader asked for it before."""
         entry = self._items.get(operation_id)
         if entry is None:
             metrics.CACHE_MISS.inc()
@@ -68,14 +70,20 @@ class FinishedOperations(Generic[Encoded]):
         metrics.CACHE_HIT.inc()
         return entry
 
-    def put(self, operation: Operation) -> tuple[Operation, Encoded | None]:
-        """Keep a finished operation, encoded once; an unfinished one is neither kept nor
-        encoded (``None``): it may change, and not every reader sends it."""
-        if not operation.done:
-            return operation, None
-        entry = (operation, self._encode(operation))
-        self._items.put(operation.id, entry)
-        return entry
+    def put(self, operation: Operation) -> None:
+        """Keep a finished operation, not yet encoded: most operations the database's
+        notifications bring are never read by the process they reach. An unfinished one may
+        change, and is not kept."""
+        if operation.done:
+            self._items.put(operation.id, (operation, None))
+
+    def encoded(self, operation: Operation) -> Encoded:
+        """The operation's encoded form; a finished one's is kept with it, for every later
+        reader."""
+        encoded = self._encode(operation)
+        if operation.done:
+            self._items.put(operation.id, (operation, encoded))
+        return encoded
 
 
 def _operation_not_found(operation_id: str) -> NotFound:
@@ -101,7 +109,6 @@ class Operations(Generic[Encoded]):
     ) -> None:
         self._store = store
         self._waiters = waiters
-        self._encode = encode
         self._finished = FinishedOperations(cache_size, encode, retention_seconds)
         # Polls of unfinished operations arriving together are read together.
         self._reads = MicroBatcher(
@@ -116,7 +123,7 @@ class Operations(Generic[Encoded]):
     ) -> tuple[Operation, Encoded]:
         """The operation and its encoded form (made once, when it is finished)."""
         operation, encoded = await self._read(operation_id, caller)
-        return operation, self._encode(operation) if encoded is None else encoded
+        return operation, self._finished.encoded(operation) if encoded is None else encoded
 
     async def _read(self, operation_id: str, caller: Principal) -> tuple[Operation, Encoded | None]:
         """From memory once finished, else from the database; the encoded form if kept."""
@@ -126,7 +133,8 @@ class Operations(Generic[Encoded]):
             operation = await self._reads.submit(operation_id)
             if operation is None:
                 raise _operation_not_found(operation_id)
-            entry = self._finished.put(operation)
+            self._finished.put(operation)
+            entry = (operation, None)
         if not caller.sees(entry[0].folder_id):
             raise _operation_not_found(operation_id)
         return entry

@@ -201,6 +201,22 @@ async def test_a_finished_operation_told_by_the_database_is_served_without_a_rea
     assert store.operation_reads == 0
 
 
+async def test_a_finished_operation_told_by_the_database_is_encoded_when_first_sent(
+    operations: Operations, store: FakeStore, encoder: CountingEncoder
+):
+    """Every API process is told of every finish; most of those operations are never polled
+    there, so keeping one costs no encoding. The first Get encodes it, once, for all."""
+    operation = finished(store)
+    operations.operation_finished(operation.id, operation)
+    await operations.get_operation(operation.id, viewer())  # WaitOperation, GetOperation
+    assert encoder.calls == 0
+    answers = [await operations.get_operation_encoded(operation.id, viewer()) for _ in range(3)]
+    assert encoder.calls == 1
+    assert all(encoded is answers[0][1] for _, encoded in answers)
+    assert answers[0][1] == encode_operation(operation)
+    assert store.operation_reads == 0
+
+
 # --- Wait -----------------------------------------------------------------------------------
 
 
