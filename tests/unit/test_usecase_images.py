@@ -18,6 +18,7 @@ from service.domain.model import IdempotencyKey, ImageStatus, NewImage, Operatio
 from service.domain.paging import image_wire_bytes
 from service.usecases.images import Images
 from service.usecases.outbox import PublishedMarks
+from tests.support import eventually
 from tests.unit.fakes import (
     FOLDER,
     OTHER_FOLDER,
@@ -234,6 +235,33 @@ async def test_updates_without_a_key_are_accepted_together_in_one_batch(
     assert all(not operation.done for operation in operations)
     assert store.update_batches == [3]
     assert store.calls["begin_update"] == 0
+
+
+async def test_updates_arriving_while_a_batch_is_written_go_together_in_the_next(
+    images: Images, store: FakeStore
+):
+    """One accepting statement at a time: calls that trickle in while one is written wait for
+    it, then go together in one statement (one commit, one message), not one batch each."""
+    targets = [store.add_image() for _ in range(5)]
+
+    def update(image_id: str) -> asyncio.Task[object]:
+        return asyncio.create_task(
+            images.update_image(image_id, ["description"], "", "new", {}, editor())
+        )
+
+    async with store._lock:  # the first batch's statement is held while the rest arrive
+        calls = [update(targets[0].id)]
+
+        async def first_started() -> bool:
+            return store.update_batches == [1]
+
+        await eventually(first_started, timeout=5, interval=0.001, what="the first batch")
+        for image in targets[1:]:
+            calls.append(update(image.id))
+            await asyncio.sleep(0)  # each call arrives on a turn of the loop of its own
+            await asyncio.sleep(0)
+    await asyncio.gather(*calls)
+    assert store.update_batches == [1, 4]
 
 
 async def test_updates_with_keys_are_accepted_together_in_one_batch(
