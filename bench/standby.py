@@ -22,6 +22,7 @@ import asyncio
 import json
 import multiprocessing
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -83,13 +84,14 @@ def one_round(
     )
     servers = [primary] + ([standby] if standby else [])
     processes: list[Process] = []
+    queue = f"bench-standby-{uuid.uuid4().hex[:8]}"
     try:
         primary.start()
         if standby is not None:
             standby.start()
             _synchronous(primary)
         url = primary.url("images")
-        env = service_env(url, f"bench-standby-{uuid.uuid4().hex[:8]}")
+        env = service_env(url, queue)
         token = migrate_and_token(env)
         api = Process([sys.executable, "-m", "service"], env, logs / f"standby-{mode}-api.log")
         processes.append(api)
@@ -129,6 +131,8 @@ def one_round(
             process.stop()
         for server in reversed(servers):
             server.cleanup()
+        for name in (queue, f"{queue}.dead"):
+            subprocess.run(["rabbitmqctl", "-q", "delete_queue", name], capture_output=True)
 
 
 def run(
