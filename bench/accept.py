@@ -2,10 +2,11 @@
 
 A fresh migrated database with READY images in one folder; then batches of ``--batch`` keyed
 Updates (``PostgresAccepts.begin_updates``, what the API's micro-batcher runs), two batches in
-flight as the API runs them, until ``--images`` are used. Printed per Update: the wall time,
-this process's CPU (the API's share of an accept: asyncpg and the adapter) and the CPU of the
-database's backends. Nothing else runs, so the figures move with the statement and the round
-trips around it, not with the rest of the stack.
+flight, so that statements meet on the folder's rows as those of two API processes do, until
+``--images`` are used. Printed per Update: the wall time, this process's CPU (the API's share
+of an accept: asyncpg and the adapter) and the CPU of the database's backends. Nothing else
+runs, so the figures move with the statement and the round trips around it, not with the rest
+of the stack.
 
 To compare two trees (one virtualenv), copy this file into the other tree's ``bench/`` and run
 ``python -m bench.accept`` in each, one after the other.
