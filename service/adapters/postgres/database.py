@@ -74,11 +74,14 @@ _SERVER_GONE = (
 def load_sql(name: str) -> str:
     """A statement kept in a ``.sql`` file of this package, beside the code that runs it.
 
-    Comment lines stay in the file: sent with every statement they would only cost bytes, and
-    push the statement out of the 1 KiB that ``pg_stat_activity`` shows of it.
+    Comment lines and indentation stay in the file: sent with every statement they would only
+    cost bytes, and push the statement's substance (the tables it locks and waits on) out of
+    the 1 KiB that ``pg_stat_activity`` shows of it. (No statement of ours continues a string
+    literal over a line.)
     """
     text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
-    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    lines = (line.strip() for line in text.splitlines())
+    return "\n".join(line for line in lines if line and not line.startswith("--"))
 
 
 # The unique (folder_id, name) of migrations/0001.
