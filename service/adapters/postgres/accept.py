@@ -65,7 +65,7 @@ _BEGIN_UPDATES = load_sql("begin_updates.sql")
 # path holds while it waits for the key (the one lock order: keys, images, quotas). A lock
 # number two keys share only makes their calls take turns.
 _CLAIM_KEY = """
-WITH key_lock AS (SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0)))
+WITH key_lock AS (SELECT pg_advisory_xact_lock(idempotency_key_lock($1, $2)))
 INSERT INTO idempotency_keys (caller, key, fingerprint, operation_id)
 SELECT $1, $2, $3, $4 FROM key_lock
 ON CONFLICT (caller, key) DO NOTHING

@@ -26,7 +26,7 @@ WITH requested AS (
 ), key_locks AS (
     -- Taken by sorted lock number, so batches sharing keys wait for each other, never deadlock.
     SELECT count(pg_advisory_xact_lock(lock)) AS taken FROM (
-        SELECT DISTINCT hashtextextended(key_caller || '/' || key, 0) AS lock
+        SELECT DISTINCT idempotency_key_lock(key_caller, key) AS lock
         FROM requested WHERE key IS NOT NULL
         ORDER BY 1 OFFSET 0
     ) keys
