@@ -73,8 +73,9 @@ class FinishedOperations(Generic[Encoded]):
     def put(self, operation: Operation) -> None:
         """Keep a finished operation, not yet encoded: most operations the database's
         notifications bring are never read by the process they reach. An unfinished one may
-        change, and is not kept."""
-        if operation.done:
+        change, and is not kept; one kept already (a poll read it before its notification
+        arrived) is the same operation, and keeps the encoded form it may have."""
+        if operation.done and self._items.get(operation.id) is None:
             self._items.put(operation.id, (operation, None))
 
     def encoded(self, operation: Operation) -> Encoded:

@@ -217,6 +217,19 @@ async def test_a_finished_operation_told_by_the_database_is_encoded_when_first_s
     assert store.operation_reads == 0
 
 
+async def test_a_finished_operation_sent_before_the_database_tells_of_it_is_not_encoded_again(
+    operations: Operations, store: FakeStore, encoder: CountingEncoder
+):
+    """A poll can read and send a finished operation before the notification of its finish
+    reaches this process; the notification then brings nothing new to keep."""
+    operation = finished(store)
+    _, first = await operations.get_operation_encoded(operation.id, viewer())
+    operations.operation_finished(operation.id, operation)
+    _, again = await operations.get_operation_encoded(operation.id, viewer())
+    assert encoder.calls == 1
+    assert again is first
+
+
 # --- Wait -----------------------------------------------------------------------------------
 
 
