@@ -38,6 +38,7 @@ _TOP_STATEMENTS = """
 SELECT calls, rows, plans,
        round(total_exec_time::numeric, 1) AS exec_ms,
        round(total_plan_time::numeric, 1) AS plan_ms,
+       wal_records, wal_bytes,
        left(regexp_replace(query, '\\s+', ' ', 'g'), 100) AS query
 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
 WHERE d.datname = $1
@@ -118,12 +119,20 @@ def main() -> int:
         print("pg_stat_statements is not preloaded on the server: statements not counted")
     else:
         print("\nstatements (pg_stat_statements), per Update accepted:")
-        print(f"{'calls':>7} {'rows':>7} {'plans':>6} {'exec µs':>8} {'plan µs':>8}  query")
+        print(
+            f"{'calls':>7} {'rows':>7} {'plans':>6} {'exec µs':>8} {'plan µs':>8}"
+            f" {'WAL rec':>8} {'WAL B':>7}  query"
+        )
         for row in statements:
             per = 1000 / max(result.calls, 1)
+            wal_records, wal_bytes = (
+                row["wal_records"] * per / 1000,
+                float(row["wal_bytes"]) * per / 1000,
+            )
             print(
                 f"{row['calls']:>7} {row['rows']:>7} {row['plans']:>6}"
                 f" {float(row['exec_ms']) * per:>8.0f} {float(row['plan_ms']) * per:>8.0f}"
+                f" {wal_records:>8.1f} {wal_bytes:>7.0f}"
                 f"  {row['query']}"
             )
     if not spies:
