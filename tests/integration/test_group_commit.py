@@ -238,9 +238,7 @@ async def test_a_key_taken_by_a_racing_call_hands_the_batch_back(store, db, brok
         held = conn.transaction()
         await held.start()
         # As every keyed accept does: the key's lock first (accept._CLAIM_KEY).
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(idempotency_key_lock('tester', $1))", text
-        )
+        await conn.execute("SELECT pg_advisory_xact_lock(idempotency_key_lock('tester', $1))", text)
         await conn.execute(
             "INSERT INTO idempotency_keys (caller, key, fingerprint, operation_id)"
             " VALUES ('tester', $1, 'request-1', $2)",
