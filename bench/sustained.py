@@ -196,6 +196,10 @@ async def offer(
         now = time.perf_counter()
         if now < due:
             await asyncio.sleep(due - now)
+        else:
+            # Behind schedule (a busy machine): Updates that finished meanwhile hand their
+            # slots back first, so a late load generator is not counted as a slow stack.
+            await asyncio.sleep(0)
         if slots.locked():  # the bound is full: wait for a slot, until the schedule ends
             try:
                 await asyncio.wait_for(slots.acquire(), timeout=max(end - time.perf_counter(), 0))

@@ -25,6 +25,18 @@ async def test_a_stack_that_keeps_up_gets_every_scheduled_update():
     assert (result.scheduled, result.sent, result.not_sent) == (20, 20, 0)
 
 
+async def test_a_load_generator_behind_its_schedule_still_sends_what_a_quick_stack_allows():
+    """Twenty Updates due within 0.2 ms: the loop runs behind every due time, and the Updates
+    finished meanwhile must hand their slots back before the bound is checked."""
+    result = sustained.SustainedResult()
+
+    async def done_at_once(due: float, image_id: str, pool: collections.deque[str]) -> None:
+        pool.append(image_id)
+
+    await sustained.offer(0.0002, 100_000, 4, images(4), done_at_once, result)
+    assert (result.scheduled, result.sent, result.not_sent) == (20, 20, 0)
+
+
 async def test_updates_beyond_the_bound_wait_and_those_still_waiting_at_the_end_are_counted():
     result = sustained.SustainedResult()
     release = asyncio.Event()
