@@ -75,6 +75,7 @@ async def fail_over(
     tmp_path: Path,
     servers: tuple[PrivatePostgres, PrivatePostgres],
     fault: Callable[[PrivatePostgres], None],
+    queue_names: Callable[[str], str],
 ) -> None:
     primary, standby = servers
     url = both(standby, primary)  # the primary listed first, as an operator would
@@ -88,7 +89,7 @@ async def fail_over(
     env = base_env(
         DATABASE_URL=url,
         AMQP_URL=AMQP_URL,
-        AMQP_QUEUE=f"faults-failover-{uuid.uuid4().hex[:6]}",
+        AMQP_QUEUE=queue_names(f"-failover-{uuid.uuid4().hex[:6]}"),  # deleted at the end
         GRPC_LISTEN="127.0.0.1:0",
         METRICS_LISTEN="127.0.0.1:0",
         DB_COMMAND_TIMEOUT_SECONDS="5",
@@ -179,9 +180,9 @@ async def fail_over(
     assert len(client.accepted) == IMAGES, client.codes
 
 
-async def test_a_killed_primary(tmp_path, servers):
-    await fail_over(tmp_path, servers, PrivatePostgres.kill)
+async def test_a_killed_primary(tmp_path, servers, queue_names):
+    await fail_over(tmp_path, servers, PrivatePostgres.kill, queue_names)
 
 
-async def test_a_frozen_primary(tmp_path, servers):
-    await fail_over(tmp_path, servers, PrivatePostgres.freeze)
+async def test_a_frozen_primary(tmp_path, servers, queue_names):
+    await fail_over(tmp_path, servers, PrivatePostgres.freeze, queue_names)

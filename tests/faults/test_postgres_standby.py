@@ -79,7 +79,9 @@ async def test_every_command_finds_the_primary_in_a_multi_host_url(servers):
     assert int(standby.psql(stored, DATABASE)) == 1
 
 
-async def test_a_write_on_a_read_only_server_is_unavailable_not_internal(servers, tmp_path):
+async def test_a_write_on_a_read_only_server_is_unavailable_not_internal(
+    servers, tmp_path, queue_names
+):
     """The API's pool on the standby alone (as on a primary demoted under it): reads are
     answered, a write is ``UNAVAILABLE`` with the retry advice, and nothing is written."""
     primary, standby = servers
@@ -96,7 +98,7 @@ async def test_a_write_on_a_read_only_server_is_unavailable_not_internal(servers
     env = base_env(
         DATABASE_URL=on_standby,
         AMQP_URL=AMQP_URL,
-        AMQP_QUEUE=f"faults-ro-{uuid.uuid4().hex[:6]}",
+        AMQP_QUEUE=queue_names(f"-ro-{uuid.uuid4().hex[:6]}"),  # deleted at the end
         GRPC_LISTEN="127.0.0.1:0",
         RETRY_MAX_SECONDS="1",
     )
